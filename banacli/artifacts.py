@@ -1,0 +1,177 @@
+"""Artifacts: atomic writes, safetensors models with JSON sidecars, provenance hashes.
+
+A model is ``NAME.safetensors`` with ``NAME.json`` beside it. The sidecar holds the resolved
+config, class names, input normalisation, package version, the sha256 of the inputs the model
+was built from, metrics, and the sha256 of the weights file itself, so that a tampered or
+mismatched file is detected on load. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+from banacli import __version__
+from banacli.errors import ArtifactError
+
+if TYPE_CHECKING:  # torch is imported lazily so that `bana --help` stays fast
+    import torch
+
+SIDECAR_FORMAT = "bana-model/1"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename it onto ``path`` on success.
+
+    A process killed mid-write leaves either the old file or the new one, never a partial file.
+    On an exception the temporary file is removed and the old file is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def save_model(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    arch: str,
+    class_names: list[str],
+    normalization: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``path`` (safetensors) and its JSON sidecar, both atomically.
+
+    ``class_names`` includes the background at index 0. ``inputs`` maps a name (e.g. the
+    classifier checkpoint, a label folder) to the sha256 of what the model was built from.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": SIDECAR_FORMAT, "arch": arch})
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "arch": arch,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "normalization": dict(normalization),
+        "bana_version": __version__,
+        "config": dict(config or {}),
+        "inputs": dict(inputs or {}),
+        "metrics": dict(metrics or {}),
+        "weights_sha256": sha256_file(path),
+    }
+    if extra:
+        sidecar.update(extra)
+    atomic_write_json(sidecar_path(path), sidecar)
+    return path
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise ArtifactError(f"{side}: sidecar missing (every model needs its JSON sidecar)")
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{side}: sidecar is not valid JSON ({exc})") from None
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise ArtifactError(f"{side}: not a bana model sidecar (format {meta.get('format')!r})")
+    return meta
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load weights and sidecar, checking integrity and the request. Never unpickles.
+
+    Raises ArtifactError naming the file when it is missing, tampered with (sha256 differs
+    from the sidecar), or does not match the requested architecture / classes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: model file not found")
+    meta = read_sidecar(path)
+    digest = sha256_file(path)
+    if digest != meta.get("weights_sha256"):
+        raise ArtifactError(
+            f"{path}: sha256 {digest[:12]}… does not match its sidecar "
+            f"({str(meta.get('weights_sha256'))[:12]}…); the file was modified or truncated"
+        )
+    if arch is not None and meta["arch"] != arch:
+        raise ArtifactError(f"{path}: architecture is {meta['arch']!r}, expected {arch!r}")
+    if num_classes is not None and meta["num_classes"] != num_classes:
+        raise ArtifactError(
+            f"{path}: model has {meta['num_classes']} classes, expected {num_classes}"
+        )
+    if class_names is not None and list(meta["class_names"]) != list(class_names):
+        raise ArtifactError(
+            f"{path}: class names {meta['class_names']} differ from the dataset's {list(class_names)}"
+        )
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot read safetensors ({exc})") from None
+    return tensors, meta
