@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sys
 import types
 import typing
@@ -16,7 +17,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import click
 import typer
 from pydantic import BaseModel
 from rich.console import Console
@@ -48,12 +48,8 @@ def _option_for(section: str, name: str, field: Any, positional: bool) -> inspec
     help_text = f"{field.description or ''} (config {section}.{name}; default {default_txt})"
     help_text = help_text.replace("[", "(").replace("]", ")")
     flag = "--" + name.replace("_", "-")
-    click_type = None
-    if typing.get_origin(ann) is Literal:
-        click_type = click.Choice([str(c) for c in typing.get_args(ann)])
-        py_type: Any = str
-    elif ann in (int, float, str, Path, bool):
-        py_type = ann
+    if typing.get_origin(ann) is Literal or ann in (int, float, str, Path, bool):
+        py_type: Any = ann
     elif typing.get_origin(ann) is list and positional:
         py_type = list[Path] if typing.get_args(ann)[0] is Path else list[str]
     else:
@@ -62,8 +58,6 @@ def _option_for(section: str, name: str, field: Any, positional: bool) -> inspec
         info = typer.Argument(None, help=help_text, show_default=False, metavar=name.upper())
     elif py_type is bool:
         info = typer.Option(None, f"{flag}/--no-{name.replace('_', '-')}", help=help_text, show_default=False)
-    elif click_type is not None:
-        info = typer.Option(None, flag, help=help_text, show_default=False, click_type=click_type)
     else:
         info = typer.Option(None, flag, help=help_text, show_default=False)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=Optional[py_type])
@@ -110,12 +104,14 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
         device = values.get("device") or "auto"
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+        # under torchrun only rank 0 prints, logs and writes the resolved config
+        main_rank = int(os.environ.get("RANK", "0")) == 0
         ctx = StageContext(stage=stage, config=cfg, data_root=Path(data_root) if data_root else None,
                            run_dir=Path(run_dir) if run_dir else None, device=device,
-                           quiet=bool(values.get("quiet")), console=_err)
-        handler = setup_stage_logging(ctx)
+                           quiet=bool(values.get("quiet")) or not main_rank, console=_err)
+        handler = setup_stage_logging(ctx) if main_rank else None
         try:
-            if ctx.run_dir is not None:
+            if ctx.run_dir is not None and main_rank:
                 ctx.save_resolved_config()
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))
             stage.run(ctx)

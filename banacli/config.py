@@ -229,3 +229,34 @@ def resolve_config(
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_reference_markdown(model: type[BaseModel] | None = None) -> str:
+    """docs/config.md: every section and key with its type, default and description."""
+    model = model or root_model()
+    out = [
+        "# Config reference",
+        "",
+        "Generated from the pydantic models (`python -m banacli.config > docs/config.md`); a test",
+        "keeps this file in sync. Set keys in a YAML file passed with `--config FILE`, with a",
+        "stage's own option (`bana gen-labels --workers 2` sets `labels.workers`), or with",
+        "`--set section.key=value`. Priority: defaults < file < options < `--set`.",
+        "",
+    ]
+    for name, field in model.model_fields.items():
+        section = field.annotation
+        out += [f"## `{name}`", "", "| key | type | default | description |", "| --- | --- | --- | --- |"]
+        for key, f in section.model_fields.items():
+            typ = str(f.annotation).replace("typing.", "").replace("pathlib.", "").replace("|", "or")
+            typ = typ.replace("<class '", "").replace("'>", "")
+            default = "—" if f.default is None else f"`{f.default}`"
+            out.append(f"| `{name}.{key}` | {typ} | {default} | {f.description} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    from banacli.stage import discover_stages
+
+    stages = discover_stages()
+    print(config_reference_markdown(root_model({s.section: s.config for s in stages.values()})), end="")

@@ -1,0 +1,65 @@
+"""Shared helpers of the stages: opening the dataset, hashing inputs, seeded augmentation."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from banacli.data.voc import VOCDataset, annotation_path, split_path
+
+
+def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
+    """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error."""
+    data = ctx.config.data
+    ds = VOCDataset(ctx.data_root, split or data.train_split, data.classes, with_gt=with_gt,
+                    on_error=data.on_error)
+    if ds.skipped:
+        ctx.info(ds.summary())
+    return ds
+
+
+def dataset_digest(ds: VOCDataset) -> str:
+    """sha256 over the split file and the annotations of the images used: the input's identity."""
+    h = hashlib.sha256()
+    h.update(split_path(ds.root, ds.split).read_bytes())
+    for image_id in ds.ids:
+        h.update(image_id.encode())
+        h.update(annotation_path(ds.root, image_id).read_bytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch, numpy and random seeded, restoring their states afterwards."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+RUNTIME_KEYS = {"resume", "checkpoint_every", "log_every", "loader_workers", "workers", "viz", "force",
+                "backend", "scheduler"}
+
+
+def config_digest(cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The parts of the resolved config that determine a stage's result (for resume checks):
+    the named sections without keys that only affect how the work runs (resume, workers, ...)."""
+    dumped = cfg.model_dump(mode="json")
+    return {s: {k: v for k, v in dumped[s].items() if k not in RUNTIME_KEYS} for s in sections}
+
+
+def model_path(run_dir: Path, section: str) -> Path:
+    return run_dir / section / "model.safetensors"

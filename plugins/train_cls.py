@@ -1,0 +1,147 @@
+"""``bana train-cls``: the classification network with background-aware pooling (SPEC stage 1)."""
+
+from __future__ import annotations
+
+import time
+
+from banacli.config import ClsConfig
+from banacli.stage import Stage, StageContext
+
+
+class _ClsTrainSet:
+    """(index, seed) -> one augmented training sample with its definite-background mask."""
+
+    def __init__(self, ds, augment):
+        self.ds, self.augment = ds, augment
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        from banacli.data.transforms import definite_background_tensor
+        from banacli.runs import seeded
+
+        index, seed = key
+        s = self.ds.load(index)
+        with seeded(seed):
+            out = self.augment(s.image, s.boxes, s.labels, {})
+        out["bg"] = definite_background_tensor(out["boxes"], out["valid"])
+        return out
+
+
+def _collate(batch):
+    import torch
+
+    from banacli.data.transforms import collate_boxes
+
+    out = collate_boxes(batch)
+    out["bg"] = torch.stack([b["bg"] for b in batch])
+    return out
+
+
+def build_classifier(backbone: str, weights, num_classes: int):
+    from banacli.models.backbones import build_backbone
+    from banacli.models.classifier import BAPClassifier
+
+    return BAPClassifier(build_backbone(backbone, weights=weights), num_classes)
+
+
+def run(ctx: StageContext) -> None:
+    import torch
+
+    from banacli.artifacts import save_model
+    from banacli.data.transforms import JointAugment
+    from banacli.models.normalize import normalize
+    from banacli.runs import config_digest, dataset_digest, open_dataset
+    from banacli.train import (
+        SeededBatchSampler, init_distributed, per_rank_batch, shutdown_distributed, step_lr, train_loop,
+        wrap_ddp,
+    )
+
+    cfg: ClsConfig = ctx.section
+    info = init_distributed(ctx.device)
+    try:
+        ds = open_dataset(ctx, with_gt=False)
+        torch.manual_seed(cfg.seed)
+        model = build_classifier(cfg.backbone, cfg.weights, len(ds.class_names)).to(info.device)
+        norm = model.backbone.normalization
+        optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
+                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        net = wrap_ddp(model, info)
+        mean_rgb = tuple(norm["mean"][::-1] if norm.get("bgr") else norm["mean"])
+        augment = JointAugment(cfg.crop_size, mean_rgb=mean_rgb)
+        train_set = _ClsTrainSet(ds, augment)
+        local_batch = per_rank_batch(cfg.batch_size, info.world)
+
+        def batches(start: int):
+            sampler = SeededBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations,
+                                         info.rank, info.world)
+            return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=_collate,
+                                                    num_workers=ctx.config.data.loader_workers))
+
+        def step(batch, it):
+            images = normalize(batch["images"].to(info.device), norm)
+            out = net(images, batch["boxes"].to(info.device), batch["labels"].to(info.device),
+                      batch["bg"].to(info.device), grid_size=cfg.grid_size, roi_size=cfg.roi_size,
+                      pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
+            return out["loss"], {}
+
+        ctx.info(f"train-cls: {len(ds)} images, {len(ds.classes)} classes, backbone {cfg.backbone}, "
+                 f"pooling {cfg.pooling}, {cfg.iterations} iterations of batch {cfg.batch_size} "
+                 f"({info.world} process{'es' if info.world > 1 else ''} x {local_batch}) on {info.device}")
+        t0 = time.perf_counter()
+        digest = config_digest(ctx.config, ("data", "cls"))
+        with ctx.progress() as prog:
+            result = train_loop(
+                model=net, optimizer=optimizer, batches=batches, step=step,
+                lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step), iterations=cfg.iterations,
+                out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every,
+                log_every=cfg.log_every, resume=cfg.resume, amp=cfg.amp,
+                progress=prog if info.is_main else None, config_meta=digest,
+            )
+        seconds = time.perf_counter() - t0
+        weights_digest = _state_digest(model)
+        digests = _gather(weights_digest, info)
+        if info.is_main:
+            final = result.losses[-1]["loss"] if result.losses else float("nan")
+            save_model(
+                ctx.stage_dir / "model.safetensors", model.state_dict(),
+                arch=f"bap-classifier/{cfg.backbone}", class_names=ds.class_names, normalization=norm,
+                config=ctx.config.model_dump(mode="json"),
+                inputs={"dataset": dataset_digest(ds)},
+                metrics={"final_loss": final, "iterations": result.iteration,
+                         "resumed_from": result.resumed_from, "seconds": round(seconds, 2)},
+                extra={"world_size": info.world, "rank_weight_sha256": digests},
+            )
+            ctx.info(f"train-cls: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
+    finally:
+        shutdown_distributed(info)
+
+
+def _state_digest(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _gather(value: str, info) -> list[str]:
+    if not info.enabled:
+        return [value]
+    import torch.distributed as dist
+
+    out: list = [None] * info.world
+    dist.all_gather_object(out, value)
+    return out
+
+
+stage = Stage(
+    name="train-cls",
+    help="Train the classification network with background-aware pooling (writes RUN/cls/).",
+    run=run,
+    section="cls",
+    config=ClsConfig,
+)
