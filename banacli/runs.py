@@ -63,3 +63,64 @@ def config_digest(cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
 
 def model_path(run_dir: Path, section: str) -> Path:
     return run_dir / section / "model.safetensors"
+
+
+def seg_arch(model_name: str) -> str:
+    """The sidecar ``arch`` of a segmentation model: ``segnet/<largefov|aspp|tiny>``."""
+    return f"segnet/{model_name}"
+
+
+def load_segmenter(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
+    """Rebuild a trained segmenter from RUN/seg/model.safetensors and its sidecar.
+
+    The sidecar carries ``arch`` (``segnet/NAME``), ``tau``, the class names and the input
+    normalisation. Returns ``(model in eval mode, sidecar dict)``.
+    """
+    from banacli.artifacts import load_model, read_sidecar
+    from banacli.errors import ArtifactError
+    from banacli.models.deeplab import SEG_MODELS, build_segmenter
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: segmentation model not found (run bana train-seg first)")
+    meta = read_sidecar(path)
+    kind, _, name = str(meta.get("arch", "")).partition("/")
+    if kind != "segnet" or name not in SEG_MODELS:
+        raise ArtifactError(f"{path}: not a segmentation model (arch {meta.get('arch')!r})")
+    tensors, meta = load_model(path, arch=meta["arch"], class_names=class_names)
+    model = build_segmenter(name, meta["num_classes"], weights=None, tau=float(meta.get("tau", 20.0)))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not fit {meta['arch']} ({str(exc).splitlines()[0]})") from None
+    model.normalization = dict(meta["normalization"])
+    return model.to(device).eval(), meta
+
+
+def cls_arch(backbone: str) -> str:
+    """The sidecar ``arch`` of a stage-1 classifier: ``bap-classifier/<backbone>``."""
+    return f"bap-classifier/{backbone}"
+
+
+def load_classifier(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
+    """Rebuild the stage-1 classifier from RUN/cls/model.safetensors. Returns (model in eval mode, sidecar)."""
+    from banacli.artifacts import load_model, read_sidecar
+    from banacli.errors import ArtifactError
+    from banacli.models.backbones import BACKBONES, build_backbone
+    from banacli.models.classifier import BAPClassifier
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: classifier not found (run bana train-cls first)")
+    meta = read_sidecar(path)
+    kind, _, backbone = str(meta.get("arch", "")).partition("/")
+    if kind != "bap-classifier" or backbone not in BACKBONES:
+        raise ArtifactError(f"{path}: not a stage-1 classifier (arch {meta.get('arch')!r})")
+    tensors, meta = load_model(path, arch=meta["arch"], class_names=class_names)
+    model = BAPClassifier(build_backbone(backbone, weights=None), meta["num_classes"])
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not fit {meta['arch']} ({str(exc).splitlines()[0]})") from None
+    model.backbone.normalization = dict(meta["normalization"])
+    return model.to(device).eval(), meta

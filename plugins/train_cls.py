@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> None:
     from banacli.artifacts import save_model
     from banacli.data.transforms import JointAugment
     from banacli.models.normalize import normalize
-    from banacli.runs import config_digest, dataset_digest, open_dataset
+    from banacli.runs import cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.train import (
         SeededBatchSampler, init_distributed, per_rank_batch, shutdown_distributed, step_lr, train_loop,
         wrap_ddp,
@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> None:
                                                     num_workers=ctx.config.data.loader_workers))
 
         def step(batch, it):
-            images = normalize(batch["images"].to(info.device), norm)
+            images = normalize(batch["image"].to(info.device), norm)
             out = net(images, batch["boxes"].to(info.device), batch["labels"].to(info.device),
                       batch["bg"].to(info.device), grid_size=cfg.grid_size, roi_size=cfg.roi_size,
                       pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
@@ -106,7 +106,7 @@ def run(ctx: StageContext) -> None:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             save_model(
                 ctx.stage_dir / "model.safetensors", model.state_dict(),
-                arch=f"bap-classifier/{cfg.backbone}", class_names=ds.class_names, normalization=norm,
+                arch=cls_arch(cfg.backbone), class_names=ds.class_names, normalization=norm,
                 config=ctx.config.model_dump(mode="json"),
                 inputs={"dataset": dataset_digest(ds)},
                 metrics={"final_loss": final, "iterations": result.iteration,

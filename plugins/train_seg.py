@@ -1,0 +1,185 @@
+"""``bana train-seg``: DeepLab (LargeFOV / ASPP / tiny) trained on pseudo labels with the
+noise-aware loss (SPEC stage 3). Reads RUN/labels/, writes RUN/seg/."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from banacli.config import SegConfig
+from banacli.stage import Stage, StageContext
+
+
+def label_sets(method: str) -> tuple[str, str]:
+    """Folders under RUN/labels/ used as (Ycrf, Yret) for a labeler; single-set labelers give
+    the same folder twice, so every pixel is in S and NAL reduces to plain cross-entropy."""
+    if method == "bana":
+        return "Ycrf", "Yret"
+    from banacli.labelers import label_set_names
+
+    names = label_set_names(method)
+    return names[0], names[-1]
+
+
+class _SegTrainSet:
+    """(index, seed) -> one augmented image with its Ycrf, Yret (and ground truth) crops."""
+
+    def __init__(self, ds, augment, crf_dir: Path, ret_dir: Path, gt_ids: set[str]):
+        self.ds, self.augment = ds, augment
+        self.crf_dir, self.ret_dir, self.gt_ids = crf_dir, ret_dir, gt_ids
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        import torch
+
+        from banacli.data.palette import load_label_png
+        from banacli.runs import seeded
+
+        index, seed = key
+        s = self.ds.load(index)
+        masks = {"ycrf": load_label_png(self.crf_dir / f"{s.id}.png"),
+                 "yret": load_label_png(self.ret_dir / f"{s.id}.png")}
+        has_gt = s.id in self.gt_ids
+        if has_gt:
+            masks["gt"] = s.gt
+        for name, m in masks.items():
+            if m.shape != s.image.shape[:2]:
+                from banacli.errors import DataError
+
+                raise DataError(f"{s.id}: {name} label is {m.shape[1]}x{m.shape[0]}, image is "
+                                f"{s.image.shape[1]}x{s.image.shape[0]}")
+        with seeded(seed):
+            out = self.augment(s.image, s.boxes, s.labels, masks)
+        if not has_gt:
+            out["gt"] = torch.full_like(out["ycrf"], 255)
+        out["has_gt"] = has_gt
+        return out
+
+
+def _collate(batch):
+    import torch
+
+    return {
+        "images": torch.stack([b["image"] for b in batch]),
+        "ycrf": torch.stack([b["ycrf"] for b in batch]).long(),
+        "yret": torch.stack([b["yret"] for b in batch]).long(),
+        "gt": torch.stack([b["gt"] for b in batch]).long(),
+        "has_gt": torch.tensor([b["has_gt"] for b in batch]),
+    }
+
+
+def check_labels(ds, folders: list[Path]) -> None:
+    """Every training image needs its pseudo labels; fail before training with the first missing file."""
+    from banacli.errors import ArtifactError
+
+    for folder in folders:
+        if not folder.is_dir():
+            raise ArtifactError(f"{folder}: pseudo labels not found (run bana gen-labels first)")
+        for image_id in ds.ids:
+            if not (folder / f"{image_id}.png").is_file():
+                raise ArtifactError(f"{folder / (image_id + '.png')}: pseudo label missing (rerun bana gen-labels)")
+
+
+def run(ctx: StageContext) -> None:
+    import torch
+
+    from banacli.artifacts import save_model, sha256_file
+    from banacli.data.transforms import JointAugment
+    from banacli.data.voc import read_split
+    from banacli.errors import DataError
+    from banacli.models.deeplab import build_segmenter, upsample_logits
+    from banacli.models.normalize import normalize
+    from banacli.ops.nal import bootstrap_beta, seg_loss
+    from banacli.runs import config_digest, dataset_digest, open_dataset, seg_arch
+    from banacli.train import (
+        SeededBatchSampler, init_distributed, per_rank_batch, poly_lr, shutdown_distributed, train_loop,
+        wrap_ddp,
+    )
+
+    cfg: SegConfig = ctx.section
+    data = ctx.config.data
+    info = init_distributed(ctx.device)
+    try:
+        ds = open_dataset(ctx, with_gt=data.gt_split is not None)
+        crf_name, ret_name = label_sets(cfg.labels)
+        label_root = ctx.run_dir / "labels"
+        crf_dir, ret_dir = label_root / crf_name, label_root / ret_name
+        check_labels(ds, [crf_dir, ret_dir])
+        gt_ids: set[str] = set()
+        if data.gt_split:
+            gt_ids = set(read_split(ctx.data_root, data.gt_split)) & set(ds.ids)
+            for image_id in sorted(gt_ids):
+                from banacli.data.voc import find_gt
+
+                if find_gt(ctx.data_root, image_id) is None:
+                    raise DataError(f"{image_id}: listed in data.gt_split {data.gt_split!r} but has no ground-truth mask")
+            ctx.info(f"semi-supervised: {len(gt_ids)} of {len(ds)} images use ground-truth masks")
+
+        torch.manual_seed(cfg.seed)
+        model = build_segmenter(cfg.model, len(ds.class_names), weights=cfg.weights, tau=cfg.tau).to(info.device)
+        norm = model.normalization
+        optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
+                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        net = wrap_ddp(model, info)
+        mean_rgb = tuple(norm["mean"][::-1] if norm.get("bgr") else norm["mean"])
+        train_set = _SegTrainSet(ds, JointAugment(cfg.crop_size, mean_rgb=mean_rgb), crf_dir, ret_dir, gt_ids)
+        local_batch = per_rank_batch(cfg.batch_size, info.world)
+
+        def batches(start: int):
+            sampler = SeededBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations,
+                                         info.rank, info.world)
+            return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=_collate,
+                                                    num_workers=data.loader_workers))
+
+        def step(batch, it):
+            images = normalize(batch["images"].to(info.device), norm)
+            out = net(images)
+            logits = upsample_logits(out["logits"], images.shape[-2:]).float()
+            beta = bootstrap_beta(it, cfg.iterations, cfg.poly_power) if cfg.loss == "bootstrap" else None
+            gt = batch["gt"].to(info.device) if gt_ids else None
+            has_gt = batch["has_gt"].to(info.device) if gt_ids else None
+            loss, stats = seg_loss(cfg.loss, logits, batch["ycrf"].to(info.device), batch["yret"].to(info.device),
+                                   tau=cfg.tau, gamma=cfg.gamma, lam=cfg.lam, detach_sigma=cfg.detach_sigma,
+                                   beta=beta, gt=gt, has_gt=has_gt)
+            return loss, {k: v for k, v in stats.items() if k != "loss"}
+
+        ctx.info(f"train-seg: {len(ds)} images, model {cfg.model}, loss {cfg.loss} on labels {crf_name}/{ret_name}, "
+                 f"{cfg.iterations} iterations of batch {cfg.batch_size} ({info.world} x {local_batch}) on {info.device}")
+        t0 = time.perf_counter()
+        with ctx.progress() as prog:
+            result = train_loop(
+                model=net, optimizer=optimizer, batches=batches, step=step,
+                lr_factor=lambda it: poly_lr(1.0, it, cfg.iterations, cfg.poly_power), iterations=cfg.iterations,
+                out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None,
+                config_meta=config_digest(ctx.config, ("data", "seg")),
+            )
+        seconds = time.perf_counter() - t0
+        if info.is_main:
+            final = result.losses[-1]["loss"] if result.losses else float("nan")
+            manifest = label_root / f"{cfg.labels}.manifest.json"
+            inputs = {"dataset": dataset_digest(ds)}
+            if manifest.is_file():
+                inputs["labels_manifest"] = sha256_file(manifest)
+            save_model(
+                ctx.stage_dir / "model.safetensors", model.state_dict(), arch=seg_arch(cfg.model),
+                class_names=ds.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
+                inputs=inputs,
+                metrics={"final_loss": final, "iterations": result.iteration, "resumed_from": result.resumed_from,
+                         "seconds": round(seconds, 2)},
+                extra={"tau": cfg.tau, "world_size": info.world},
+            )
+            ctx.info(f"train-seg: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
+    finally:
+        shutdown_distributed(info)
+
+
+stage = Stage(
+    name="train-seg",
+    help="Train DeepLab on the pseudo labels with the noise-aware loss (reads RUN/labels/, writes RUN/seg/).",
+    run=run,
+    section="seg",
+    config=SegConfig,
+)
