@@ -1,0 +1,486 @@
+"""PASCAL VOC layout reader: images, boxes, optional ground-truth masks.
+
+Layout (ROOT is the folder holding these)::
+
+    ROOT/JPEGImages/ID.jpg                    the image (.jpeg / .png also accepted)
+    ROOT/Annotations/ID.xml                   VOC XML: <size>, <object><name>, <bndbox>
+    ROOT/SegmentationClass/ID.png             optional ground truth (or SegmentationClassAug/)
+    ROOT/ImageSets/Segmentation/SPLIT.txt     one image id per line
+    ROOT/classes.txt                          optional: the object class names, one a line
+
+Box convention. Internally a box is ``x0, y0, x1, y1`` (float32) in 0-based pixel coordinates
+with an exclusive end: it covers pixel columns ``x0 .. x1-1`` and rows ``y0 .. y1-1``, and its
+area is ``(x1-x0) * (y1-y0)``. This is torchvision's XYXY format. VOC's 1-based inclusive
+``xmin .. xmax`` converts once, here, at load time: ``x0 = xmin - 1``, ``x1 = xmax`` (same for y).
+Boxes that stick out of the image are clipped to it; a box wholly outside the image or with no
+area left is an error.
+
+Class ids: 0 background, 1..L the object classes in the order of ``resolve_classes``, 255 void.
+
+Images are read with PIL. Grayscale (L, 1, I;16), palette (P), RGBA/LA and CMYK images are
+converted to RGB (alpha is dropped, not composited); EXIF orientation is ignored because VOC
+boxes refer to the stored pixel grid.
+
+The definite-background mask M (True where a pixel lies in no box) is computed from the boxes
+(``definite_background``); there is no mask folder.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from banacli.data.palette import VOID, load_label_png
+from banacli.errors import DataError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+IMAGE_DIR = "JPEGImages"
+ANNOTATION_DIR = "Annotations"
+GT_DIRS = ("SegmentationClass", "SegmentationClassAug")
+SPLIT_DIR = Path("ImageSets") / "Segmentation"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+_BACKGROUND_NAMES = {"background", "__background__", "_background_", "bg"}
+
+
+# ----------------------------------------------------------------------------- classes, splits
+
+
+def _check_class_names(names: Sequence[str], where: str) -> list[str]:
+    names = [str(n).strip() for n in names]
+    if not names:
+        raise DataError(f"{where}: no class names")
+    for i, n in enumerate(names):
+        if not n:
+            raise DataError(f"{where}: class {i + 1} has an empty name")
+        if n.lower() in _BACKGROUND_NAMES:
+            raise DataError(
+                f"{where}: {n!r} listed as a class; list only object classes "
+                "(background is class 0 implicitly)"
+            )
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{where}: duplicate class names {', '.join(dup)}")
+    if len(names) > 254:
+        raise DataError(f"{where}: {len(names)} classes; at most 254 fit in an 8-bit label map")
+    return names
+
+
+def resolve_classes(root: str | os.PathLike, classes: Sequence[str] | None = None) -> list[str]:
+    """The object class names: ``classes`` if given, else ROOT/classes.txt, else the 20 of VOC.
+
+    classes.txt holds one name per line; blank lines and lines starting with '#' are ignored.
+    """
+    if classes is not None:
+        return _check_class_names(classes, "classes")
+    path = Path(root) / "classes.txt"
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read ({exc})") from None
+        names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        return _check_class_names(names, str(path))
+    return list(VOC_CLASSES)
+
+
+def split_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / SPLIT_DIR / f"{split}.txt"
+
+
+def read_split(root: str | os.PathLike, split: str) -> list[str]:
+    """Image ids of ROOT/ImageSets/Segmentation/SPLIT.txt (the first token of each line)."""
+    path = split_path(root, split)
+    if not path.is_file():
+        have = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
+        hint = f" (splits here: {', '.join(have)})" if have else ""
+        raise DataError(f"{path}: split file not found{hint}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    ids = [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not ids:
+        raise DataError(f"{path}: split file lists no image ids")
+    return ids
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+@dataclass
+class Sample:
+    """One image with its boxes. ``labels`` are class ids 1..L, one per box."""
+
+    id: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    boxes: np.ndarray  # (K, 4) float32 x0, y0, x1, y1 (0-based, exclusive end)
+    labels: np.ndarray  # (K,) int64 in 1..L
+    gt: np.ndarray | None = None  # (H, W) uint8, 0 background, 1..L, 255 void
+    difficult: np.ndarray | None = None  # (K,) bool, VOC's <difficult> flag
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def background(self) -> np.ndarray:
+        """The definite-background mask M of this sample, (H, W) bool."""
+        return definite_background(self.boxes, self.height, self.width)
+
+
+def box_pixel_ranges(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(K, 4) int64 ``c0, r0, c1, r1``: the pixel columns c0..c1-1 and rows r0..r1-1 a box touches.
+
+    A pixel counts as touched when the box overlaps any part of it, so for integer boxes the
+    range is exactly ``x0 .. x1-1``; fractional boxes (after scaling) round outwards.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    lo = np.floor(b[:, :2])
+    hi = np.ceil(b[:, 2:])
+    out = np.concatenate([lo, hi], axis=1).astype(np.int64)
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
+    return out
+
+
+def definite_background(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """M: (H, W) bool, True where a pixel lies in no box (any overlap counts as inside)."""
+    r = box_pixel_ranges(boxes, height, width)
+    cols = np.arange(width)
+    rows = np.arange(height)
+    in_cols = (cols[None, :] >= r[:, 0:1]) & (cols[None, :] < r[:, 2:3])  # (K, W)
+    in_rows = (rows[None, :] >= r[:, 1:2]) & (rows[None, :] < r[:, 3:4])  # (K, H)
+    inside = in_rows.T.astype(np.float32) @ in_cols.astype(np.float32)  # (H, W) box count
+    return inside == 0
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def find_image(root: str | os.PathLike, image_id: str) -> Path:
+    base = Path(root) / IMAGE_DIR
+    for suffix in IMAGE_SUFFIXES:
+        p = base / f"{image_id}{suffix}"
+        if p.is_file():
+            return p
+    raise DataError(f"{base / (image_id + '.jpg')}: image file not found")
+
+
+def annotation_path(root: str | os.PathLike, image_id: str) -> Path:
+    return Path(root) / ANNOTATION_DIR / f"{image_id}.xml"
+
+
+def find_gt(root: str | os.PathLike, image_id: str) -> Path | None:
+    for d in GT_DIRS:
+        p = Path(root) / d / f"{image_id}.png"
+        if p.is_file():
+            return p
+    return None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; other modes are converted. DataError when unreadable or truncated."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "RGB":
+                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.array(img).astype(np.float64)
+                    top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+                    g = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+                    return np.repeat(g[:, :, None], 3, axis=2)
+                img = img.convert("RGB")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
+def check_image(path: str | os.PathLike) -> tuple[int, int]:
+    """Cheap check of an image file; returns (width, height).
+
+    Reads the header only, unless a JPEG does not end with its end-of-image marker, in which
+    case it is decoded fully to tell a truncated file from one with trailing bytes.
+    """
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            fmt = img.format
+            if fmt == "PNG":
+                img.verify()  # checks the chunk CRCs without decoding
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(max(0, os.path.getsize(path) - 16))
+                tail = fh.read()
+            if b"\xff\xd9" not in tail:
+                read_image(path)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    return size
+
+
+@dataclass
+class Annotation:
+    """Boxes of one XML file, converted to the internal convention but not yet clipped."""
+
+    boxes: np.ndarray  # (K, 4) float32
+    labels: np.ndarray  # (K,) int64
+    difficult: np.ndarray  # (K,) bool
+    size: tuple[int, int] | None  # (width, height) from <size>, when present and non-zero
+
+
+def _known(classes: Sequence[str]) -> str:
+    shown = ", ".join(classes[:8])
+    more = f", … ({len(classes)} classes)" if len(classes) > 8 else ""
+    return shown + more
+
+
+def parse_annotation(path: str | os.PathLike, class_ids: dict[str, int]) -> Annotation:
+    """Parse a VOC XML file. ``class_ids`` maps each class name to its id 1..L."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except (ET.ParseError, OSError) as exc:
+        raise DataError(f"{path}: cannot parse annotation XML ({exc})") from None
+
+    size = None
+    el = root.find("size")
+    if el is not None:
+        try:
+            w, h = int(float(el.findtext("width", "0"))), int(float(el.findtext("height", "0")))
+        except ValueError:
+            raise DataError(f"{path}: <size> is not numeric") from None
+        if w > 0 and h > 0:
+            size = (w, h)
+
+    boxes, labels, difficult = [], [], []
+    for i, obj in enumerate(root.iter("object"), start=1):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise DataError(f"{path}: object {i} has no <name>")
+        if name not in class_ids:
+            raise DataError(
+                f"{path}: unknown class {name!r} (object {i}); known: {_known(list(class_ids))}"
+            )
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise DataError(f"{path}: object {i} ({name}) has no <bndbox>")
+        try:
+            xmin, ymin, xmax, ymax = (
+                float(bb.findtext(k, "")) for k in ("xmin", "ymin", "xmax", "ymax")
+            )
+        except ValueError:
+            raise DataError(
+                f"{path}: object {i} ({name}): <bndbox> needs numeric xmin, ymin, xmax, ymax"
+            ) from None
+        if not all(np.isfinite([xmin, ymin, xmax, ymax])):
+            raise DataError(f"{path}: object {i} ({name}): <bndbox> is not finite")
+        # VOC: 1-based, inclusive -> 0-based, exclusive end
+        boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
+        labels.append(class_ids[name])
+        difficult.append((obj.findtext("difficult") or "0").strip() in ("1", "true", "True"))
+    if not boxes:
+        raise DataError(f"{path}: no <object> boxes in the annotation")
+    return Annotation(
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        difficult=np.asarray(difficult, dtype=bool),
+        size=size,
+    )
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int, where: str | os.PathLike) -> np.ndarray:
+    """Clip boxes to the image; DataError when one lies wholly outside or has no area."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    c = b.copy()
+    c[:, [0, 2]] = np.clip(c[:, [0, 2]], 0, width)
+    c[:, [1, 3]] = np.clip(c[:, [1, 3]], 0, height)
+    bad = (c[:, 2] - c[:, 0] <= 0) | (c[:, 3] - c[:, 1] <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        x0, y0, x1, y1 = (float(v) for v in b[i])
+        vx = f"xmin={x0 + 1:g} ymin={y0 + 1:g} xmax={x1:g} ymax={y1:g}"
+        if x1 <= x0 or y1 <= y0:
+            why = "has zero or negative size"
+        else:
+            why = f"lies outside the {width}x{height} image"
+        raise DataError(f"{where}: box {i + 1} ({vx}) {why}")
+    return c
+
+
+def _check_size(ann: Annotation, width: int, height: int, xml: Path, image: Path) -> None:
+    if ann.size is not None and ann.size != (width, height):
+        raise DataError(
+            f"{xml}: <size> says {ann.size[0]}x{ann.size[1]} but {image} is {width}x{height}"
+        )
+
+
+def load_sample(
+    root: str | os.PathLike,
+    image_id: str,
+    classes: Sequence[str],
+    *,
+    with_gt: bool = True,
+    annotation: Annotation | None = None,
+) -> Sample:
+    """Read one image, its boxes and (if ``with_gt`` and present) its ground-truth mask."""
+    class_ids = {name: i + 1 for i, name in enumerate(classes)}
+    xml = annotation_path(root, image_id)
+    img_path = find_image(root, image_id)
+    ann = annotation if annotation is not None else parse_annotation(xml, class_ids)
+    image = read_image(img_path)
+    h, w = image.shape[:2]
+    _check_size(ann, w, h, xml, img_path)
+    boxes = clip_boxes(ann.boxes, w, h, xml)
+    gt = None
+    if with_gt:
+        gt_path = find_gt(root, image_id)
+        if gt_path is not None:
+            gt = load_label_png(gt_path)
+            if gt.shape != (h, w):
+                raise DataError(f"{gt_path}: mask is {gt.shape[1]}x{gt.shape[0]}, image is {w}x{h}")
+            counts = np.bincount(gt.ravel(), minlength=256)
+            bad = np.flatnonzero(counts[len(classes) + 1 : VOID]) + len(classes) + 1
+            if bad.size:
+                raise DataError(
+                    f"{gt_path}: label value {int(bad[0])} is neither a class id "
+                    f"(0..{len(classes)}) nor void (255)"
+                )
+    return Sample(
+        id=image_id, image=image, boxes=boxes, labels=ann.labels.copy(), gt=gt,
+        difficult=ann.difficult.copy(),
+    )
+
+
+# ----------------------------------------------------------------------------- dataset
+
+
+class VOCDataset:
+    """A map-style (torch) dataset over ROOT/ImageSets/Segmentation/SPLIT.txt.
+
+    ``dataset[i]`` is a ``Sample``, or ``transform(sample)`` when a transform is given (e.g.
+    ``JointAugment(...).apply`` or ``transforms.sample_to_tensors``).
+
+    ``on_error="raise"`` (default) reads lazily and raises DataError on the first bad item.
+    ``on_error="skip"`` checks every item up front (the XML is parsed, the image header read,
+    the ground-truth file opened) and leaves bad ones out; ``skipped`` lists ``(id, reason)``
+    and ``summary()`` reports them. ``check_images="decode"`` decodes every image in that
+    check, which also catches corrupt image data the header check cannot see.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        classes: Sequence[str] | None = None,
+        *,
+        transform: Callable[[Sample], Any] | None = None,
+        with_gt: bool = True,
+        on_error: Literal["raise", "skip"] = "raise",
+        check_images: Literal["header", "decode"] = "header",
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found")
+        self.split = split
+        self.classes = resolve_classes(self.root, classes)
+        self.class_ids = {name: i + 1 for i, name in enumerate(self.classes)}
+        self.transform = transform
+        self.with_gt = with_gt
+        self.on_error = on_error
+        self.all_ids = read_split(self.root, split)
+        self.skipped: list[tuple[str, str]] = []
+        self._annotations: dict[str, Annotation] = {}
+        if on_error == "skip":
+            self.ids = []
+            for image_id in self.all_ids:
+                try:
+                    self._annotations[image_id] = self._check(image_id, check_images)
+                    self.ids.append(image_id)
+                except DataError as exc:
+                    self.skipped.append((image_id, str(exc)))
+            if not self.ids:
+                first = self.skipped[0][1] if self.skipped else ""
+                raise DataError(
+                    f"{split_path(root, split)}: no usable images (first problem: {first})"
+                )
+        else:
+            self.ids = list(self.all_ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of all label ids, background first: ``["background", *classes]``."""
+        return ["background", *self.classes]
+
+    def _check(self, image_id: str, how: str) -> Annotation:
+        xml = annotation_path(self.root, image_id)
+        img_path = find_image(self.root, image_id)
+        ann = parse_annotation(xml, self.class_ids)
+        if how == "decode":
+            h, w = read_image(img_path).shape[:2]
+        else:
+            w, h = check_image(img_path)
+        _check_size(ann, w, h, xml, img_path)
+        clip_boxes(ann.boxes, w, h, xml)
+        if self.with_gt:
+            gt = find_gt(self.root, image_id)
+            if gt is not None:
+                try:
+                    with Image.open(gt) as im:
+                        gsize = im.size
+                except (OSError, SyntaxError, ValueError) as exc:
+                    raise DataError(f"{gt}: cannot read label image ({exc})") from None
+                if gsize != (w, h):
+                    raise DataError(f"{gt}: mask is {gsize[0]}x{gsize[1]}, image is {w}x{h}")
+        return ann
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> Sample:
+        image_id = self.ids[index]
+        return load_sample(
+            self.root, image_id, self.classes, with_gt=self.with_gt,
+            annotation=self._annotations.get(image_id),
+        )
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self.load(index)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def summary(self, max_listed: int = 5) -> str:
+        """One line (plus one per listed problem) on what was read and what was skipped."""
+        head = (
+            f"{self.root} [{self.split}]: {len(self.ids)} images, {len(self.classes)} classes"
+        )
+        if not self.skipped:
+            return head
+        lines = [f"{head}; skipped {len(self.skipped)} of {len(self.all_ids)}:"]
+        lines += [f"  {reason}" for _, reason in self.skipped[:max_listed]]
+        if len(self.skipped) > max_listed:
+            lines.append(f"  … and {len(self.skipped) - max_listed} more")
+        return "\n".join(lines)
