@@ -70,7 +70,9 @@ def _common_params(stage: Stage) -> list[inspect.Parameter]:
             None, "--data", help="Dataset root (PASCAL VOC layout)." + ("" if stage.needs_data else " Not used by this stage."),
             show_default=False)),
         inspect.Parameter("run", kw, annotation=Optional[Path], default=typer.Option(
-            None, "--run", help="Run directory; this stage writes to RUN/" + stage.section + "/.", show_default=False)),
+            None, "--run", "--run-dir", show_default=False,
+            help="Run directory; this stage writes to RUN/" + stage.section + "/. Under torchrun "
+                 "write --run-dir (torchrun mistakes --run for its own --run-path).")),
         inspect.Parameter("config", kw, annotation=Optional[Path], default=typer.Option(
             None, "--config", help="YAML config file with sections data, cls, labels, seg, eval, export.",
             show_default=False)),

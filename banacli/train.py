@@ -121,6 +121,14 @@ class SeededBatchSampler(torch.utils.data.Sampler):
         return max(0, self.stop - self.start)
 
 
+def make_loader(dataset, sampler: SeededBatchSampler, collate_fn, num_workers: int = 0):
+    """A DataLoader over (index, seed) batches. It gets its own generator: creating an iterator
+    must not draw from the global RNG, or a resumed run's dropout masks would shift by one draw."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+                                       num_workers=num_workers, generator=torch.Generator().manual_seed(0),
+                                       persistent_workers=False)
+
+
 def step_lr(base: float, iteration: int, step: int) -> float:
     """Step schedule (train-cls): divided by 10 after ``step`` iterations."""
     return base * (0.1 if iteration >= step else 1.0)
@@ -310,7 +318,7 @@ def per_rank_batch(batch_size: int, world: int) -> int:
 
 
 __all__ = [
-    "DistInfo", "init_distributed", "shutdown_distributed", "barrier", "SeededBatchSampler",
+    "DistInfo", "make_loader", "init_distributed", "shutdown_distributed", "barrier", "SeededBatchSampler",
     "batch_for_iteration", "sample_seed", "step_lr", "poly_lr", "save_checkpoint", "load_checkpoint",
     "train_loop", "wrap_ddp", "write_loss_log", "LoopResult", "per_rank_batch",
 ]

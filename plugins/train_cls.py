@@ -54,7 +54,7 @@ def run(ctx: StageContext) -> None:
     from banacli.models.normalize import normalize
     from banacli.runs import cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.train import (
-        SeededBatchSampler, init_distributed, per_rank_batch, shutdown_distributed, step_lr, train_loop,
+        SeededBatchSampler, init_distributed, make_loader, per_rank_batch, shutdown_distributed, step_lr, train_loop,
         wrap_ddp,
     )
 
@@ -76,8 +76,7 @@ def run(ctx: StageContext) -> None:
         def batches(start: int):
             sampler = SeededBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations,
                                          info.rank, info.world)
-            return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=_collate,
-                                                    num_workers=ctx.config.data.loader_workers))
+            return iter(make_loader(train_set, sampler, _collate, ctx.config.data.loader_workers))
 
         def step(batch, it):
             images = normalize(batch["image"].to(info.device), norm)

@@ -94,7 +94,7 @@ def run(ctx: StageContext) -> None:
     from banacli.ops.nal import bootstrap_beta, seg_loss
     from banacli.runs import config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.train import (
-        SeededBatchSampler, init_distributed, per_rank_batch, poly_lr, shutdown_distributed, train_loop,
+        SeededBatchSampler, init_distributed, make_loader, per_rank_batch, poly_lr, shutdown_distributed, train_loop,
         wrap_ddp,
     )
 
@@ -130,8 +130,7 @@ def run(ctx: StageContext) -> None:
         def batches(start: int):
             sampler = SeededBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations,
                                          info.rank, info.world)
-            return iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=_collate,
-                                                    num_workers=data.loader_workers))
+            return iter(make_loader(train_set, sampler, _collate, data.loader_workers))
 
         def step(batch, it):
             images = normalize(batch["images"].to(info.device), norm)
