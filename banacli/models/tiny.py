@@ -1,0 +1,18 @@
+"""``tiny``: the VGG-16 topology of :mod:`banacli.models.vgg16` at 1/8 of the width.
+
+Conv widths 8, 16, 32, 64, 64 and fc6/fc7 of 128 channels (about 0.3 M parameters instead of
+about 20 M): same output stride (8), same parameter names, so every code path that works
+with ``vgg16`` is exercised on a CPU in seconds. Random init only; it uses the torchvision
+normalisation (unit-variance inputs train better from scratch than Caffe's mean-only one).
+"""
+
+from __future__ import annotations
+
+from banacli.models.vgg16 import VGG16
+
+TINY_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 64)
+TINY_FC_CHANNELS = 128
+
+
+def tiny_vgg(*, fc6_dilation: int = 1) -> VGG16:
+    return VGG16(fc6_dilation=fc6_dilation, widths=TINY_WIDTHS, fc_channels=TINY_FC_CHANNELS)

@@ -1,0 +1,130 @@
+"""The AffinityNet variant of VGG-16 used by BANA (output stride 8, 1024-channel features).
+
+Topology (SPEC, stage 1): conv1_1..conv5_3 (3x3, padding 1, ReLU); a 3x3 max-pool with
+padding 1 after each block, stride 2 after blocks 1-3 and stride 1 after blocks 4-5; conv5_x
+dilated by 2; a 3x3 average pool (stride 1, padding 1); fc6 = 3x3 conv 512->1024 (dilation
+``fc6_dilation``: 1 for the classifier, 12 for DeepLab-LargeFOV) + ReLU + Dropout2d(0.5);
+fc7 = 1x1 conv 1024->1024 + ReLU + Dropout2d(0.5).
+
+Parameters are registered as ``conv1_1.weight, conv1_1.bias, ..., conv5_3.bias, fc6.weight,
+fc6.bias, fc7.weight, fc7.bias`` in that order, so the authors' plain state dict converts 1:1.
+Each stride-2 pool (kernel 3, padding 1) maps output pixel i to input pixel 2i, so feature
+pixel i is centred on input pixel 8i and an S-pixel side gives ceil(S / 8) feature pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from banacli.errors import BanaError
+
+# (block, number of convs) of VGG-16.
+_BLOCKS: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+VGG16_WIDTHS: tuple[int, ...] = (64, 128, 256, 512, 512)
+CONV_NAMES: tuple[str, ...] = tuple(f"conv{b}_{i}" for b, n in _BLOCKS for i in range(1, n + 1))
+# Index of each conv inside torchvision's ``vgg16().features`` (ReLUs and pools in between).
+_TORCHVISION_FEATURE_INDEX: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+
+class VGG16(nn.Module):
+    """AffinityNet-style VGG-16 trunk; ``widths``/``fc_channels`` shrink it for the tiny model."""
+
+    output_stride = 8
+
+    def __init__(
+        self,
+        *,
+        fc6_dilation: int = 1,
+        widths: Sequence[int] = VGG16_WIDTHS,
+        fc_channels: int = 1024,
+    ) -> None:
+        super().__init__()
+        if len(widths) != 5:
+            raise ValueError(f"VGG16 needs 5 block widths, got {list(widths)}")
+        if fc6_dilation < 1:
+            raise ValueError(f"fc6_dilation must be >= 1, got {fc6_dilation}")
+        self.fc6_dilation = int(fc6_dilation)
+        in_ch = 3
+        # Registration order == parameter order (conv1_1 ... conv5_3, fc6, fc7).
+        for (block, n), width in zip(_BLOCKS, widths):
+            dil = 2 if block == 5 else 1
+            for i in range(1, n + 1):
+                conv = nn.Conv2d(in_ch, width, 3, padding=dil, dilation=dil)
+                self.add_module(f"conv{block}_{i}", conv)
+                in_ch = width
+        self.pools = nn.ModuleList(
+            nn.MaxPool2d(3, stride=2 if block <= 3 else 1, padding=1) for block, _ in _BLOCKS
+        )
+        self.avgpool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.fc6 = nn.Conv2d(in_ch, fc_channels, 3, padding=fc6_dilation, dilation=fc6_dilation)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout2d(0.5)
+        self.drop7 = nn.Dropout2d(0.5)
+        self.out_channels = fc_channels
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random init: Kaiming-normal (fan_out, ReLU) conv weights, zero biases."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (B, 3, H, W) normalised -> (B, out_channels, ceil(H/8), ceil(W/8))
+        for (block, n), pool in zip(_BLOCKS, self.pools):
+            for i in range(1, n + 1):
+                x = self.relu(getattr(self, f"conv{block}_{i}")(x))
+            x = pool(x)
+        x = self.avgpool(x)
+        x = self.drop6(self.relu(self.fc6(x)))
+        x = self.drop7(self.relu(self.fc7(x)))
+        return x
+
+
+def vgg16_parameter_names() -> list[str]:
+    """The SPEC's parameter names in order: conv1_1.weight, conv1_1.bias, ..., fc7.bias."""
+    return [f"{m}.{p}" for m in (*CONV_NAMES, "fc6", "fc7") for p in ("weight", "bias")]
+
+
+def is_torchvision_vgg_state(sd: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith("features.") for k in sd)
+
+
+def vgg16_from_torchvision_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map torchvision ``vgg16`` keys (``features.N.weight``) to ours (``conv1_1.weight``).
+
+    Only the 13 convolutions are mapped; torchvision's ``classifier.*`` (fully connected
+    4096-wide layers) has no counterpart, so fc6/fc7 stay randomly initialised.
+    """
+    out: dict[str, Tensor] = {}
+    for name, idx in zip(CONV_NAMES, _TORCHVISION_FEATURE_INDEX):
+        for p in ("weight", "bias"):
+            key = f"features.{idx}.{p}"
+            if key not in sd:
+                raise BanaError(f"not a torchvision VGG-16 state dict: key {key!r} is missing")
+            out[f"{name}.{p}"] = sd[key]
+    return out
+
+
+def load_vgg16_state(model: VGG16, sd: Mapping[str, Tensor], *, source: str) -> list[str]:
+    """Copy a state dict in our naming into ``model``; return the names left at random init.
+
+    All 13 convolutions are required; fc6/fc7 are optional (torchvision ImageNet weights have
+    none). A shape mismatch (e.g. a full-width file into the tiny model) is a BanaError.
+    """
+    own = model.state_dict()
+    missing_convs = [k for k in own if k.startswith("conv") and k not in sd]
+    if missing_convs:
+        raise BanaError(f"{source}: missing VGG-16 weights {missing_convs[:3]} (and {len(missing_convs)} in all)")
+    for k, v in sd.items():
+        if k in own and tuple(v.shape) != tuple(own[k].shape):
+            raise BanaError(f"{source}: {k} has shape {tuple(v.shape)}, the model needs {tuple(own[k].shape)}")
+    loaded = {k: v for k, v in sd.items() if k in own}
+    with torch.no_grad():
+        model.load_state_dict(loaded, strict=False)
+    return [k for k in own if k not in loaded]
