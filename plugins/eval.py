@@ -1,0 +1,333 @@
+"""``bana eval``: mIoU of the segmenter (RUN/seg/) or of pseudo labels against the ground truth.
+
+One confusion matrix over every pixel whose ground truth is not void (255), summed over the
+split (SPEC "Evaluation"); per-class IoU, mIoU, pixel accuracy and mean accuracy are computed
+from it by :mod:`banacli.ops.metrics`. Images of the split without a ground-truth mask are
+left out (and counted); a split with none is an error.
+
+Segmenter (``--what seg``): logits averaged over ``eval.scales`` and their flips, one softmax,
+DenseCRF ``eval.crf_params`` on the original RGB image, argmax (SPEC "Stage 3", inference).
+The network runs in this process; the CRF steps run in ``--workers`` processes (joblib).
+The reference implementation hands DenseCRF the Caffe-normalised image cast to uint8; we give
+it the image itself, as DenseCRF intends.
+
+Pseudo labels (``--what labels``): ``ycrf`` / ``yret`` read RUN/labels/Ycrf|Yret/ID.png from
+``bana gen-labels --split SPLIT``; ``box`` draws the boxes of the annotations (paper Table 1,
+"Box"). A void (255) pixel in a pseudo label counts as a miss for its ground-truth class.
+
+Writes RUN/eval/metrics-<what>[-<labels>]-<split>.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from banacli.config import EvalConfig
+from banacli.stage import Stage, StageContext
+
+LABEL_FOLDERS = {"ycrf": "Ycrf", "yret": "Yret", "grabcut": "GrabCut"}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_gt(path: Path, num_classes: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A ground-truth mask, checked: values 0..K-1 or 255, and the image's size."""
+    from banacli.data.palette import VOID, load_label_png
+    from banacli.errors import DataError
+
+    gt = load_label_png(path)
+    if shape is not None and gt.shape != shape:
+        raise DataError(f"{path}: mask is {gt.shape[1]}x{gt.shape[0]}, image is {shape[1]}x{shape[0]}")
+    bad = (gt >= num_classes) & (gt != VOID)
+    if bad.any():
+        raise DataError(f"{path}: label value {int(gt[bad][0])} is neither a class id (0..{num_classes - 1}) nor void (255)")
+    return gt
+
+
+def read_prediction(path: Path, num_classes: int, shape: tuple[int, int]) -> np.ndarray:
+    """A pseudo-label PNG, checked against the ground truth's size and the class count."""
+    from banacli.data.palette import VOID, load_label_png
+    from banacli.errors import ArtifactError, DataError
+
+    if not path.is_file():
+        raise ArtifactError(f"{path}: pseudo label missing (run bana gen-labels for this split)")
+    try:
+        pred = load_label_png(path)
+    except DataError as exc:
+        raise ArtifactError(str(exc)) from None
+    if pred.shape != shape:
+        raise ArtifactError(f"{path}: label is {pred.shape[1]}x{pred.shape[0]}, the ground truth {shape[1]}x{shape[0]}")
+    bad = (pred >= num_classes) & (pred != VOID)
+    if bad.any():
+        raise ArtifactError(f"{path}: label value {int(pred[bad][0])} is not a class id (0..{num_classes - 1}) or 255")
+    return pred
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+def confusion_with_void(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K + 1) counts, ground truth in rows; column K holds pixels predicted void (255).
+
+    Pixels whose ground truth is 255 are skipped.
+    """
+    from banacli.ops.metrics import confusion_matrix
+
+    p = np.where(np.asarray(pred) == 255, num_classes, pred)
+    return confusion_matrix(p, gt, num_classes + 1)[:num_classes]
+
+
+def crf_confusion(image: np.ndarray, probs: np.ndarray, gt: np.ndarray, params: Any, num_classes: int) -> np.ndarray:
+    """One image's CRF refinement and its confusion counts (a joblib task: module-level, small result)."""
+    from banacli.ops.crf import dense_crf
+
+    pred = dense_crf(image, probs, params).argmax(0)
+    return confusion_with_void(pred, gt, num_classes)
+
+
+def summarize(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Scores of a (K, K + 1) matrix: a void prediction is a miss, never a false positive."""
+    from banacli.ops.metrics import scores
+
+    k = len(class_names)
+    square = np.zeros((k + 1, k + 1), dtype=np.int64)
+    square[:k] = cm
+    s = scores(square, [*class_names, "(void)"])
+    iou = np.asarray(s["iou"][:k], dtype=np.float64)
+    gt_total = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(gt_total > 0, np.diag(cm[:, :k]) / gt_total, np.nan)
+    valid = ~np.isnan(iou)
+    return {
+        "iou": {n: _num(v) for n, v in zip(class_names, iou)},
+        "accuracy": {n: _num(v) for n, v in zip(class_names, acc)},
+        "miou": _num(iou[valid].mean() if valid.any() else math.nan),
+        "pixel_acc": _num(s["pixel_acc"]),
+        "mean_acc": _num(s["mean_acc"]),
+    }
+
+
+def _num(v: float) -> float | None:
+    """JSON has no NaN: an undefined score (class absent from ground truth and prediction) is null."""
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+# ----------------------------------------------------------------------------- the two modes
+
+
+class _Skips:
+    """Honours data.on_error: 'raise' re-raises, 'skip' records the image and goes on."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.items: list[tuple[str, str]] = []
+
+    def handle(self, image_id: str, exc: Exception) -> None:
+        if self.mode != "skip":
+            raise exc
+        self.items.append((image_id, str(exc)))
+
+
+def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
+              advance) -> tuple[np.ndarray, dict[str, Any]]:
+    import torch
+
+    from banacli.data.voc import find_gt, find_image, read_image
+    from banacli.errors import BanaError
+    from banacli.models.normalize import normalize
+    from banacli.ops.crf import CRFParams
+    from banacli.ops.infer import predict_probs
+    from banacli.runs import load_segmenter, model_path
+
+    k = len(class_names)
+    params = CRFParams.from_list(cfg.crf_params) if cfg.crf else None
+    scales = list(cfg.scales) if cfg.ms else [1.0]
+    device = ctx.torch_device()
+    src = model_path(ctx.run_dir, "seg")
+    model, meta = load_segmenter(src, device=device, class_names=class_names)
+    norm = meta["normalization"]
+
+    def images():
+        for image_id in ids:
+            try:
+                image = read_image(find_image(ctx.data_root, image_id))
+                gt = read_gt(find_gt(ctx.data_root, image_id), k, image.shape[:2])
+            except BanaError as exc:
+                skips.handle(image_id, exc)
+                advance()
+                continue
+            x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
+            probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
+            yield image, probs, gt
+
+    cm = np.zeros((k, k + 1), dtype=np.int64)
+    if params is None:
+        for _, probs, gt in images():
+            cm += confusion_with_void(probs.argmax(0).cpu().numpy(), gt, k)
+            advance()
+    elif cfg.workers == 1:
+        for image, probs, gt in images():
+            cm += crf_confusion(image, probs.cpu().numpy(), gt, params, k)
+            advance()
+    else:
+        from joblib import Parallel, delayed
+
+        # Lazy: joblib pulls the next image (and runs the network on it) only as CRF workers
+        # free up, so at most about 2 x workers probability maps are held at once.
+        tasks = (delayed(crf_confusion)(image, probs.cpu().numpy(), gt, params, k) for image, probs, gt in images())
+        for part in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
+            cm += part
+            advance()
+    settings = {
+        "ms": cfg.ms, "scales": scales, "flip": cfg.flip, "crf": cfg.crf,
+        "crf_params": list(cfg.crf_params) if cfg.crf else None,
+        "model": str(src), "model_sha256": meta["weights_sha256"], "arch": meta["arch"],
+        "tau": meta.get("tau"), "device": str(device),
+    }
+    return cm, settings
+
+
+def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
+                 advance) -> tuple[np.ndarray, dict[str, Any]]:
+    from banacli.data.voc import find_gt, load_sample
+    from banacli.errors import ArtifactError, BanaError
+    from banacli.ops.labelers import box_labeler
+
+    k = len(class_names)
+    cm = np.zeros((k, k + 1), dtype=np.int64)
+    if cfg.labels == "box":
+        settings: dict[str, Any] = {"labels": "box", "source": "boxes of ROOT/Annotations (box-as-mask)"}
+    else:
+        folder = ctx.run_dir / "labels" / LABEL_FOLDERS[cfg.labels]
+        if not folder.is_dir():
+            raise ArtifactError(f"{folder}: no pseudo labels (run bana gen-labels --split {cfg.split} first)")
+        settings = {"labels": cfg.labels, "source": str(folder)}
+    for image_id in ids:
+        try:
+            if cfg.labels == "box":
+                sample = load_sample(ctx.data_root, image_id, class_names[1:], with_gt=True)
+                gt = sample.gt
+                pred = box_labeler(sample.image, sample.boxes, sample.labels)
+            else:
+                gt = read_gt(find_gt(ctx.data_root, image_id), k)
+                pred = read_prediction(folder / f"{image_id}.png", k, gt.shape)
+        except BanaError as exc:
+            skips.handle(image_id, exc)
+            advance()
+            continue
+        cm += confusion_with_void(pred, gt, k)
+        advance()
+    return cm, settings
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def metrics_path(stage_dir: Path, cfg: EvalConfig) -> Path:
+    what = cfg.what if cfg.what == "seg" else f"labels-{cfg.labels}"
+    return stage_dir / f"metrics-{what}-{cfg.split}.json"
+
+
+def print_table(result: dict[str, Any], title: str) -> None:
+    """The per-class IoU table and the three summary scores, on standard output."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{100 * v:.1f}"
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    table.add_column("accuracy %", justify="right")
+    for i, name in enumerate(result["class_names"]):
+        table.add_row(str(i), name, pct(result["iou"][name]), pct(result["accuracy"][name]))
+    table.add_section()
+    table.add_row("", "mIoU", pct(result["miou"]), "")
+    table.add_row("", "pixel accuracy", pct(result["pixel_acc"]), "")
+    table.add_row("", "mean accuracy", pct(result["mean_acc"]), "")
+    Console(highlight=False).print(table)
+
+
+def run(ctx: StageContext) -> None:
+    from banacli import __version__
+    from banacli.artifacts import atomic_write_json
+    from banacli.data.voc import GT_DIRS, find_gt, read_split, resolve_classes
+    from banacli.errors import ConfigError, DataError
+    from banacli.ops.crf import CRFParams
+
+    cfg: EvalConfig = ctx.section
+    if cfg.what == "seg":  # validate before loading anything heavy
+        if cfg.ms and (not cfg.scales or any(s <= 0 for s in cfg.scales)):
+            raise ConfigError(f"eval.scales must be positive numbers, got {cfg.scales}")
+        if cfg.crf:
+            CRFParams.from_list(cfg.crf_params)
+    root = ctx.data_root
+    class_names = ["background", *resolve_classes(root, ctx.config.data.classes)]
+    ids = read_split(root, cfg.split)
+    with_gt = [i for i in ids if find_gt(root, i) is not None]
+    if not with_gt:
+        raise DataError(f"{root / GT_DIRS[0]}: no ground-truth mask for any of the {len(ids)} images of "
+                        f"split {cfg.split!r}; nothing to evaluate")
+    if len(with_gt) < len(ids):
+        ctx.info(f"eval: {len(ids) - len(with_gt)} of {len(ids)} images of {cfg.split!r} have no ground truth; left out")
+
+    skips = _Skips(ctx.config.data.on_error)
+    what = "segmenter" if cfg.what == "seg" else f"{cfg.labels} labels"
+    t0 = time.perf_counter()
+    with ctx.progress() as prog:
+        task = prog.add_task(f"eval {what}", total=len(with_gt), status="")
+        advance = lambda: prog.advance(task)  # noqa: E731
+        evaluate = _eval_seg if cfg.what == "seg" else _eval_labels
+        cm, settings = evaluate(ctx, cfg, with_gt, class_names, skips, advance)
+    seconds = time.perf_counter() - t0
+    evaluated = len(with_gt) - len(skips.items)
+    if evaluated == 0:
+        raise DataError(f"eval: every image of {cfg.split!r} was skipped (first problem: {skips.items[0][1]})")
+
+    result: dict[str, Any] = {
+        "what": cfg.what,
+        "labels": cfg.labels if cfg.what == "labels" else None,
+        "split": cfg.split,
+        "dataset": str(root),
+        "class_names": class_names,
+        **summarize(cm, class_names),
+        "confusion_matrix": cm[:, : len(class_names)].tolist(),
+        "predicted_void": cm[:, len(class_names)].tolist(),
+        "confusion_matrix_axes": "rows = ground truth, columns = prediction; predicted_void: "
+                                 "ground-truth pixels of each class labelled 255",
+        "pixels": int(cm.sum()),
+        "images": evaluated,
+        "images_in_split": len(ids),
+        "images_without_gt": len(ids) - len(with_gt),
+        "skipped": [{"id": i, "reason": r} for i, r in skips.items],
+        "settings": settings,
+        "seconds": round(seconds, 2),
+        "bana_version": __version__,
+    }
+    out = metrics_path(ctx.stage_dir, cfg)
+    atomic_write_json(out, result)
+    if skips.items:
+        ctx.info(f"eval: skipped {len(skips.items)} image(s); first: {skips.items[0][1]}")
+    if not ctx.quiet:
+        print_table(result, f"{what} on {cfg.split} ({evaluated} images)")
+    miou = result["miou"]
+    ctx.info(f"eval: mIoU {100 * miou:.2f}% on {evaluated} images of {cfg.split}; wrote {out}"
+             if miou is not None else f"eval: no class present; wrote {out}")
+
+
+stage = Stage(
+    name="eval",
+    help="Evaluate the segmenter or the pseudo labels against the ground truth (mIoU; writes RUN/eval/).",
+    run=run,
+    section="eval",
+    config=EvalConfig,
+)

@@ -1,0 +1,159 @@
+"""``bana predict``: masks for new images from the trained segmenter (RUN/seg/).
+
+For every input image ID (a file, or the images of a folder, not recursive) it writes
+OUT/ID.png, a palette PNG of class ids like VOC's SegmentationClass, and OUT/ID_overlay.jpg,
+the class colours blended over the image. Inference as in ``bana eval``: ``--ms`` averages
+the scales of ``eval.scales``, ``--flip`` adds horizontal flips, ``--crf`` refines with
+DenseCRF ``eval.crf_params`` (in ``--workers`` processes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from banacli.config import Section
+from banacli.stage import Stage, StageContext
+
+OVERLAY_SUFFIX = "_overlay.jpg"
+
+
+class PredictConfig(Section):
+    inputs: list[Path] = Field([], description="Images, or folders whose images (.jpg, .jpeg, .png) are all read.")
+    out: Path | None = Field(None, description="Folder for the masks (ID.png) and overlays (ID_overlay.jpg).")
+    crf: bool = Field(False, description="Refine with DenseCRF (parameters eval.crf_params).")
+    ms: bool = Field(False, description="Average over the scales of eval.scales.")
+    flip: bool = Field(False, description="Average with the horizontally flipped image.")
+    workers: int = Field(1, ge=1, description="Worker processes for DenseCRF.")
+    overlay: bool = Field(True, description="Also write ID_overlay.jpg (class colours over the image).")
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders replaced by their image files in name order. DataError when a
+    path does not exist, a folder holds no image, or two inputs share a file name stem."""
+    from banacli.data.voc import IMAGE_SUFFIXES
+    from banacli.errors import DataError
+
+    files: list[Path] = []
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix in IMAGE_SUFFIXES and not q.name.startswith("."))
+            if not found:
+                raise DataError(f"{p}: folder holds no .jpg, .jpeg or .png image")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen and seen[f.stem] != f:
+            raise DataError(f"{f}: same name as {seen[f.stem]}; both would write {f.stem}.png")
+        seen[f.stem] = f
+    return list(dict.fromkeys(files))
+
+
+def refine(image: np.ndarray, probs: np.ndarray, params: Any) -> np.ndarray:
+    """DenseCRF then argmax: (H, W) uint8 class ids (a joblib task)."""
+    from banacli.ops.crf import dense_crf
+
+    return dense_crf(image, probs, params).argmax(0).astype(np.uint8)
+
+
+def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool) -> None:
+    from PIL import Image
+
+    from banacli.artifacts import atomic_path
+    from banacli.data.palette import overlay, save_label_png
+
+    save_label_png(out / f"{image_id}.png", mask)
+    if with_overlay:
+        with atomic_path(out / f"{image_id}{OVERLAY_SUFFIX}") as tmp:
+            Image.fromarray(overlay(image, mask)).save(tmp, format="JPEG", quality=90)
+
+
+def run(ctx: StageContext) -> None:
+    import torch
+
+    from banacli.data.voc import read_image
+    from banacli.errors import ConfigError, DataError
+    from banacli.models.normalize import normalize
+    from banacli.ops.crf import CRFParams
+    from banacli.ops.infer import predict_probs
+    from banacli.runs import load_segmenter, model_path
+
+    cfg: PredictConfig = ctx.section
+    ev = ctx.config.eval
+    if not cfg.inputs:
+        raise ConfigError("bana predict: give at least one IMAGE or folder")
+    if cfg.out is None:
+        raise ConfigError("bana predict: --out DIR is required")
+    params = CRFParams.from_list(ev.crf_params) if cfg.crf else None
+    scales = list(ev.scales) if cfg.ms else [1.0]
+    if any(s <= 0 for s in scales) or not scales:
+        raise ConfigError(f"eval.scales must be positive numbers, got {ev.scales}")
+    files = expand_inputs(cfg.inputs)
+    device = ctx.torch_device()
+    model, meta = load_segmenter(model_path(ctx.run_dir, "seg"), device=device)
+    norm = meta["normalization"]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+
+    def predictions():
+        for f in files:
+            try:
+                image = read_image(f)
+            except DataError as exc:
+                if ctx.config.data.on_error != "skip":
+                    raise
+                skipped.append(str(exc))
+                prog.advance(task)  # prog and task exist by the time the generator runs
+                continue
+            x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
+            probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
+            yield f.stem, image, probs
+
+    written = 0
+    with ctx.progress() as prog:
+        task = prog.add_task("predict", total=len(files), status="")
+        if params is None or cfg.workers == 1:
+            for image_id, image, probs in predictions():
+                mask = (probs.argmax(0).to(torch.uint8).cpu().numpy() if params is None
+                        else refine(image, probs.cpu().numpy(), params))
+                write_outputs(out, image_id, image, mask, cfg.overlay)
+                written += 1
+                prog.advance(task)
+        else:
+            from joblib import Parallel, delayed
+
+            # the network runs here; CRF and writing run in the workers, pulled lazily
+            tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, cfg.overlay)
+                     for i, im, p in predictions())
+            for _ in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
+                written += 1
+                prog.advance(task)
+    note = f"; skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
+    ctx.info(f"predict: wrote {written} mask{'s' if written != 1 else ''} to {out}{note}")
+
+
+def _refine_and_write(out: Path, image_id: str, image: np.ndarray, probs: np.ndarray, params: Any,
+                      with_overlay: bool) -> str:
+    """A joblib task: DenseCRF, argmax and both output files for one image."""
+    write_outputs(out, image_id, image, refine(image, probs, params), with_overlay)
+    return image_id
+
+
+stage = Stage(
+    name="predict",
+    help="Segment new images with the trained model: OUT/ID.png masks and OUT/ID_overlay.jpg pictures.",
+    run=run,
+    section="predict",
+    config=PredictConfig,
+    arguments=("inputs",),
+    needs_data=False,
+)
