@@ -44,11 +44,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete temporary files that a killed writer left in ``folder`` (``.NAME.*.tmp``).
+
+    Call only where no other process is writing to the same folder. Returns how many were removed.
+    """
+    n = 0
+    for p in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

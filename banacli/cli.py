@@ -67,7 +67,7 @@ def _common_params(stage: Stage) -> list[inspect.Parameter]:
     kw = inspect.Parameter.KEYWORD_ONLY
     return [
         inspect.Parameter("data", kw, annotation=Optional[Path], default=typer.Option(
-            None, "--data", help="Dataset root (PASCAL VOC layout)." + ("" if stage.needs_data else " Not used by this stage."),
+            None, "--data", help="Dataset root (PASCAL VOC layout)." + ("" if stage.needs_data else " Optional for this stage."),
             show_default=False)),
         inspect.Parameter("run", kw, annotation=Optional[Path], default=typer.Option(
             None, "--run", "--run-dir", show_default=False,
@@ -164,6 +164,11 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def build_stage_model(stages: dict[str, Stage]) -> type[BaseModel]:
+    """The config model of the whole YAML file for these stages (built-in + plugin sections)."""
+    return root_model({s.section: s.config for s in stages.values()})
+
+
 def build_app(stages: dict[str, Stage] | None = None) -> typer.Typer:
     """The Typer app with one subcommand per stage (discovered from entry points by default)."""
     if stages is None:
@@ -172,8 +177,7 @@ def build_app(stages: dict[str, Stage] | None = None) -> typer.Typer:
             stages = discover_stages()
         for w in caught:
             _err.print(f"warning: {w.message}", markup=False)
-    extra = {s.section: s.config for s in stages.values()}
-    model = root_model(extra)
+    model = build_stage_model(stages)
     app = typer.Typer(
         name="bana",
         help="Bounding boxes to semantic segmentation: BAP classifier -> pseudo labels -> DeepLab with NAL.",

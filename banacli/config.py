@@ -115,7 +115,7 @@ class SegConfig(_TrainCommon):
 class EvalConfig(Section):
     split: str = Field("val", description="Split to evaluate.")
     what: Literal["seg", "labels"] = Field("seg", description="Evaluate the segmentation model or the pseudo labels.")
-    labels: Literal["ycrf", "yret", "box"] = Field("ycrf", description="With --what labels: which pseudo labels.")
+    labels: Literal["ycrf", "yret", "box", "grabcut"] = Field("ycrf", description="With --what labels: which pseudo labels.")
     ms: bool = Field(True, description="Multi-scale inference over eval.scales.")
     scales: list[float] = Field([1.0, 0.5, 0.75, 1.5], description="Scales averaged in multi-scale inference.")
     flip: bool = Field(True, description="Average with horizontally flipped inputs.")

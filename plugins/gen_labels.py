@@ -81,7 +81,7 @@ def run(ctx: StageContext) -> None:
     import torch
     from joblib import Parallel, delayed, parallel_config
 
-    from banacli.artifacts import atomic_write_json
+    from banacli.artifacts import atomic_write_json, remove_stale_temp_files
     from banacli.data.voc import check_image, find_image
     from banacli.labelers import LabelTask, get_labeler
     from banacli.models.normalize import normalize
@@ -116,6 +116,9 @@ def run(ctx: StageContext) -> None:
     atomic_write_json(manifest_path, manifest)
     for d in out_dirs.values():
         d.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(d)  # left by a killed earlier run
+    if (out_root / "viz").is_dir():
+        remove_stale_temp_files(out_root / "viz")
 
     sizes = {}
     for image_id in ds.ids:
