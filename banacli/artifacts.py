@@ -122,7 +122,9 @@ def save_model(
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": SIDECAR_FORMAT, "arch": arch})
+        # one metadata key only: safetensors keeps metadata in a hash map whose order varies
+        # between processes, and the file's sha256 must not
+        save_file(tensors, str(tmp), metadata={"bana": json.dumps({"format": SIDECAR_FORMAT, "arch": arch})})
     sidecar = {
         "format": SIDECAR_FORMAT,
         "arch": arch,

@@ -268,7 +268,7 @@ def train_loop(
     resumed_from = start
     model.train()
     task = progress.add_task("train", total=iterations, completed=start, status="") if progress else None
-    it = start
+    done = start
     for it, batch in zip(range(start, iterations), batches(start)):
         factor = lr_factor(it)
         for g in optimizer.param_groups:
@@ -299,7 +299,7 @@ def train_loop(
                                 meta={"config": config_meta} if config_meta is not None else None)
                 write_loss_log(out_dir / "loss.csv", losses)
             barrier(info)
-    return LoopResult(iteration=max(it + 1, start), losses=losses, resumed_from=resumed_from)
+    return LoopResult(iteration=done, losses=losses, resumed_from=resumed_from)
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:

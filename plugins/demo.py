@@ -47,7 +47,9 @@ def _run(ctx: StageContext, stages, model, name: str, values: dict, commands: li
         elif v is not None:
             shown.append(f"--{k.replace('_', '-')} {v}")
     commands.append(" ".join(shown))
-    ctx.info(f"[bold]$ {' '.join(shown)}[/bold]")
+    ctx.logger.info("$ %s", " ".join(shown))
+    if not ctx.quiet:
+        ctx.console.print("$ " + " ".join(shown), style="bold", markup=False, highlight=False)
     values = {"quiet": ctx.quiet, "device": ctx.device, **values}
     code = run_stage(stages[name], model, values)
     if code:

@@ -106,3 +106,19 @@ def test_killed_writer_leaves_old_or_new(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert p.read_text() == "old"
+
+
+def test_same_weights_give_the_same_file_in_every_process(tmp_path):
+    """The weights hash identifies a model across runs (manifests compare it)."""
+    code = (
+        "import sys, torch\n"
+        "from banacli.artifacts import save_model\n"
+        "sd = {f'layer{i}.weight': torch.full((2, 2), float(i)) for i in range(6)}\n"
+        "save_model(sys.argv[1], sd, arch='tiny', class_names=['bg', 'a'], normalization={})\n"
+    )
+    digests = set()
+    for i in range(4):
+        p = tmp_path / f"m{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(p)], check=True)
+        digests.add(json.loads(sidecar_path(p).read_text())["weights_sha256"])
+    assert len(digests) == 1
