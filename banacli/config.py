@@ -256,7 +256,10 @@ def config_reference_markdown(model: type[BaseModel] | None = None) -> str:
 
 
 if __name__ == "__main__":
+    # import the package module, not this __main__ copy, so section classes compare equal
+    from banacli import config as _config
     from banacli.stage import discover_stages
 
     stages = discover_stages()
-    print(config_reference_markdown(root_model({s.section: s.config for s in stages.values()})), end="")
+    model = _config.root_model({s.section: s.config for s in stages.values()})
+    print(_config.config_reference_markdown(model), end="")

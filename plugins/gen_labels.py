@@ -139,6 +139,8 @@ def run(ctx: StageContext) -> None:
              f"({done} already finished, {len(todo)} to label) with {cfg.workers} worker(s), "
              f"features on {device if model is not None else 'n/a'}")
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    if device.type == "cpu" and cfg.workers > 1:
+        torch.set_num_threads(threads)  # the workers need the cores; spinning threads would stall them
 
     def tasks():
         for i in todo:

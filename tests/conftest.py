@@ -1,13 +1,18 @@
 import os
 
-import pytest
+# One intra-op thread: on a 2-core machine, OpenMP threads that spin-wait for a busy core can
+# slow small tensor ops a hundredfold (measured: 1 s -> 170 s for a tiny training test).
+# Subprocesses started by tests (torchrun, bana) inherit this.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
 def _seed():
-    import torch
-
     torch.manual_seed(0)
     yield

@@ -75,3 +75,16 @@ def test_assignment_is_validated():
     cfg = ClsConfig()
     with pytest.raises(Exception):
         cfg.grid_size = 0
+
+
+def test_docs_config_reference_is_current():
+    """docs/config.md is generated from the models; regenerate with python -m banacli.config."""
+    from pathlib import Path
+
+    from banacli.config import config_reference_markdown
+    from banacli.stage import discover_stages
+
+    stages = discover_stages()
+    expected = config_reference_markdown(root_model({s.section: s.config for s in stages.values()}))
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == expected, "docs/config.md is stale: run `python -m banacli.config > docs/config.md`"
