@@ -96,6 +96,52 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain state dict from a third-party weights file: safetensors, or a PyTorch file read
+    with ``torch.load(weights_only=True)`` (which refuses pickled Python objects).
+
+    Accepts the dict itself or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``.
+    Raises ArtifactError naming the file and the problem.
+    """
+    import pickle
+    import re
+
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, pickle, safetensors and I/O errors all end here
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise ArtifactError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
+                                "refused (checkpoints are read with torch.load(weights_only=True))") from None
+        if isinstance(exc, pickle.UnpicklingError):
+            raise ArtifactError(f"{path}: not a PyTorch checkpoint (corrupt or not written by torch.save)") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise ArtifactError(f"{path}: not a readable PyTorch state dict ({first[:200]})") from None
+    for key in _CONTAINER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ArtifactError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ArtifactError(f"{path}: entry {bad[0]!r} is not a tensor; expected a plain state dict")
+    return dict(obj)
+
+
 def sidecar_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".json")
 

@@ -28,7 +28,6 @@ Files are read with ``torch.load(weights_only=True)`` (or as safetensors): nothi
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,12 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from banacli.artifacts import read_state_dict
 from banacli.errors import ArtifactError
 
 RELEASE = "cvlab-yonsei/BANA"
 KINDS = ("cls", "seg")
 _MODULE_PREFIX = "module."
-_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 __all__ = ["KINDS", "RELEASE", "authors_key_map", "normalize_keys", "read_checkpoint", "map_authors_state",
            "target_shapes", "target_arch", "classifier_outputs"]
@@ -99,40 +98,8 @@ def normalize_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """A plain state dict from ``path`` (``torch.load(weights_only=True)``, or safetensors).
-
-    Accepts the dict itself or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: checkpoint not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - zip, pickle, safetensors and I/O errors all end here
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
-            raise ArtifactError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
-                                "refused (checkpoints are read with torch.load(weights_only=True))") from None
-        if isinstance(exc, pickle.UnpicklingError):
-            raise ArtifactError(f"{path}: not a PyTorch checkpoint (corrupt or not written by torch.save)") from None
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ArtifactError(f"{path}: not a readable PyTorch state dict ({first[:200]})") from None
-    for key in _CONTAINER_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not obj:
-        raise ArtifactError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
-    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise ArtifactError(f"{path}: entry {bad[0]!r} is not a tensor; expected a plain state dict")
-    return dict(obj)
+    """A plain state dict from ``path``; see :func:`banacli.artifacts.read_state_dict`."""
+    return read_state_dict(path)
 
 
 def _listing(keys: list[str], limit: int = 6) -> str:

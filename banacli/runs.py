@@ -70,57 +70,56 @@ def seg_arch(model_name: str) -> str:
     return f"segnet/{model_name}"
 
 
-def load_segmenter(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
-    """Rebuild a trained segmenter from RUN/seg/model.safetensors and its sidecar.
-
-    The sidecar carries ``arch`` (``segnet/NAME``), ``tau``, the class names and the input
-    normalisation. Returns ``(model in eval mode, sidecar dict)``.
-    """
-    from banacli.artifacts import load_model, read_sidecar
-    from banacli.errors import ArtifactError
-    from banacli.models.deeplab import SEG_MODELS, build_segmenter
-
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: segmentation model not found (run bana train-seg first)")
-    meta = read_sidecar(path)
-    kind, _, name = str(meta.get("arch", "")).partition("/")
-    if kind != "segnet" or name not in SEG_MODELS:
-        raise ArtifactError(f"{path}: not a segmentation model (arch {meta.get('arch')!r})")
-    tensors, meta = load_model(path, arch=meta["arch"], class_names=class_names)
-    model = build_segmenter(name, meta["num_classes"], weights=None, tau=float(meta.get("tau", 20.0)))
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: weights do not fit {meta['arch']} ({str(exc).splitlines()[0]})") from None
-    model.normalization = dict(meta["normalization"])
-    return model.to(device).eval(), meta
-
-
 def cls_arch(backbone: str) -> str:
     """The sidecar ``arch`` of a stage-1 classifier: ``bap-classifier/<backbone>``."""
     return f"bap-classifier/{backbone}"
 
 
-def load_classifier(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
-    """Rebuild the stage-1 classifier from RUN/cls/model.safetensors. Returns (model in eval mode, sidecar)."""
+def _load_rebuilt(path: Path, kind: str, names: tuple[str, ...], build, *, device, class_names, missing: str):
+    """Read a sidecar, check its ``arch`` is ``kind/NAME`` with NAME in ``names``, rebuild the
+    model with ``build(NAME, meta)``, load and verify the weights; (model in eval mode, sidecar)."""
     from banacli.artifacts import load_model, read_sidecar
     from banacli.errors import ArtifactError
-    from banacli.models.backbones import BACKBONES, build_backbone
-    from banacli.models.classifier import BAPClassifier
 
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path}: classifier not found (run bana train-cls first)")
+        raise ArtifactError(f"{path}: {missing}")
     meta = read_sidecar(path)
-    kind, _, backbone = str(meta.get("arch", "")).partition("/")
-    if kind != "bap-classifier" or backbone not in BACKBONES:
-        raise ArtifactError(f"{path}: not a stage-1 classifier (arch {meta.get('arch')!r})")
+    got_kind, _, name = str(meta.get("arch", "")).partition("/")
+    if got_kind != kind or name not in names:
+        raise ArtifactError(f"{path}: not a {kind} model (arch {meta.get('arch')!r})")
     tensors, meta = load_model(path, arch=meta["arch"], class_names=class_names)
-    model = BAPClassifier(build_backbone(backbone, weights=None), meta["num_classes"])
+    model = build(name, meta)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as exc:
         raise ArtifactError(f"{path}: weights do not fit {meta['arch']} ({str(exc).splitlines()[0]})") from None
-    model.backbone.normalization = dict(meta["normalization"])
     return model.to(device).eval(), meta
+
+
+def load_classifier(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
+    """Rebuild the stage-1 classifier from RUN/cls/model.safetensors. Returns (model in eval mode, sidecar)."""
+    from banacli.models.backbones import BACKBONES, build_backbone
+    from banacli.models.classifier import BAPClassifier
+
+    def build(backbone: str, meta: dict):
+        model = BAPClassifier(build_backbone(backbone, weights=None), meta["num_classes"])
+        model.backbone.normalization = dict(meta["normalization"])
+        return model
+
+    return _load_rebuilt(path, "bap-classifier", BACKBONES, build, device=device, class_names=class_names,
+                         missing="classifier not found (run bana train-cls first)")
+
+
+def load_segmenter(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
+    """Rebuild a trained segmenter from RUN/seg/model.safetensors and its sidecar (``arch``
+    ``segnet/NAME``, ``tau``, class names, normalisation). Returns (model in eval mode, sidecar)."""
+    from banacli.models.deeplab import SEG_MODELS, build_segmenter
+
+    def build(name: str, meta: dict):
+        model = build_segmenter(name, meta["num_classes"], weights=None, tau=float(meta.get("tau", 20.0)))
+        model.normalization = dict(meta["normalization"])
+        return model
+
+    return _load_rebuilt(path, "segnet", SEG_MODELS, build, device=device, class_names=class_names,
+                         missing="segmentation model not found (run bana train-seg first)")

@@ -1,5 +1,4 @@
 import pytest
-from typer.testing import CliRunner
 
 from banacli.config import ClsConfig, SECTIONS, parse_set, resolve_config, root_model
 from banacli.errors import ConfigError

@@ -29,12 +29,11 @@ tiny          None or file   TORCHVISION (unit-variance inputs train from scratc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from banacli.artifacts import read_state_dict
 from banacli.errors import BanaError
 from banacli.models.normalize import CAFFE, TORCHVISION
 from banacli.models.resnet import ResNetBackbone, load_resnet_state
@@ -78,33 +77,13 @@ def download_imagenet_state(name: str) -> dict[str, Tensor]:
         ) from err
 
 
-def _unwrap_state(obj: object, source: str) -> dict[str, Tensor]:
-    """Accept a plain state dict or one wrapped as {'state_dict': ...}/{'model': ...}."""
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise BanaError(f"{source}: not a state dict of tensors")
-    # Strip the DataParallel prefix, if any.
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
 def load_state_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a local weights file (.safetensors, or .pth/.pt via torch.load(weights_only=True))."""
-    path = Path(path)
-    if not path.is_file():
+    """Read a local weights file (.safetensors, or .pth/.pt via torch.load(weights_only=True)),
+    dropping a DataParallel ``module.`` prefix."""
+    if not Path(path).is_file():
         raise BanaError(f"weights file {path} does not exist (use 'imagenet', a file path, or none)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BanaError(f"cannot read weights file {path}: {first}") from err
-    return _unwrap_state(obj, str(path))
+    sd = read_state_dict(path)
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
 def build_backbone(

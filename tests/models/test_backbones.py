@@ -132,7 +132,7 @@ def test_bad_weights_files_are_bana_errors(tmp_path):
         build_backbone("tiny", weights=tmp_path / "nope.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(BanaError, match="cannot read"):
+    with pytest.raises(BanaError, match="junk.pth: not a PyTorch checkpoint"):
         build_backbone("tiny", weights=junk)
     # full-width VGG-16 weights into the tiny model: shape mismatch named in the message
     path = tmp_path / "vgg16-tv.pth"
