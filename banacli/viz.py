@@ -34,6 +34,12 @@ def panel(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, *,
           maps: dict[str, np.ndarray] | None = None, label_maps: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """One row: the image with boxes, each score map as a heat map, each label map as an overlay,
     each tile titled."""
+    scale = max(1, -(-160 // max(image.shape[:2])))  # small images are enlarged to >= 160 px
+    if scale > 1:
+        image = np.repeat(np.repeat(image, scale, 0), scale, 1)
+        boxes = np.asarray(boxes, np.float32) * scale
+        maps = {k: np.repeat(np.repeat(v, scale, 0), scale, 1) for k, v in (maps or {}).items()}
+        label_maps = {k: np.repeat(np.repeat(v, scale, 0), scale, 1) for k, v in (label_maps or {}).items()}
     tiles = [("image + boxes", draw_boxes(image, boxes, labels))]
     for name, m in (maps or {}).items():
         tiles.append((name, heatmap(m)))
