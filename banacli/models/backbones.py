@@ -83,7 +83,11 @@ def load_state_file(path: str | Path) -> dict[str, Tensor]:
     if not Path(path).is_file():
         raise BanaError(f"weights file {path} does not exist (use 'imagenet', a file path, or none)")
     sd = read_state_dict(path)
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    if any(k.startswith("backbone.") for k in sd):
+        # a whole network (e.g. a bana stage-1 classifier, RUN/cls/model.safetensors): its backbone
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    return sd
 
 
 def build_backbone(

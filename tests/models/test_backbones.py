@@ -154,3 +154,16 @@ def test_resnet_loads_torchvision_state_and_freezes_bn():
     assert not net.bn1.training and net.layer1[0].conv1.training
     with pytest.raises(BanaError, match="not a torchvision ResNet"):
         load_resnet_state(build_backbone("resnet101"), sd, source="test")
+
+
+def test_backbone_from_a_whole_bana_classifier_file(tmp_path):
+    """seg.weights may name a stage-1 classifier: its backbone.* tensors initialise the backbone."""
+    from banacli.artifacts import save_model
+    from banacli.models.classifier import BAPClassifier
+
+    cls = BAPClassifier(build_backbone("tiny"), 4)
+    path = tmp_path / "cls" / "model.safetensors"
+    save_model(path, cls.state_dict(), arch="bap-classifier/tiny", class_names=list("bxyz"), normalization={})
+    net = build_backbone("tiny", weights=path, fc6_dilation=12)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, cls.backbone.state_dict()[k]), k
