@@ -27,7 +27,7 @@ class DemoConfig(Section):
     size: int = Field(96, ge=48, description="Image side in pixels.")
     seed: int = Field(0, description="Seed of the dataset and of every training run.")
     cls_iterations: int = Field(400, gt=0, description="train-cls iterations (BAP and GAP each).")
-    seg_iterations: int = Field(400, gt=0, description="train-seg iterations (each of the two losses).")
+    seg_iterations: int = Field(6000, gt=0, description="train-seg iterations (each of the two losses); a tiny DeepLab from random init stays at the class prior for the first thousands.")
     batch_size: int = Field(8, gt=0, description="Batch size of both training stages.")
     workers: int = Field(2, ge=1, description="gen-labels / eval worker processes.")
 

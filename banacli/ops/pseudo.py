@@ -159,6 +159,8 @@ class FeatureField:
     """
 
     def __init__(self, feats: torch.Tensor | np.ndarray, size: tuple[int, int], *, exact: bool = False):
+        if isinstance(feats, np.ndarray) and not feats.flags.writeable:
+            feats = feats.copy()  # joblib hands large arrays to workers as read-only memory maps
         f = torch.as_tensor(feats)
         if f.ndim == 4 and f.shape[0] == 1:
             f = f[0]
