@@ -139,6 +139,7 @@ def run(ctx: StageContext) -> None:
              f"({done} already finished, {len(todo)} to label) with {cfg.workers} worker(s), "
              f"features on {device if model is not None else 'n/a'}")
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    saved_threads = torch.get_num_threads()
     if device.type == "cpu" and cfg.workers > 1:
         torch.set_num_threads(threads)  # the workers need the cores; spinning threads would stall them
 
@@ -167,6 +168,7 @@ def run(ctx: StageContext) -> None:
             client.close()
         if cluster is not None:
             cluster.close()
+        torch.set_num_threads(saved_threads)  # stages run in one process (bana demo) must not inherit it
     if cfg.viz:
         ctx.info(f"gen-labels: pictures in {viz_dir}")
 
