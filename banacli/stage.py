@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -30,7 +30,6 @@ from banacli.artifacts import atomic_write_text
 from banacli.config import dump_config
 
 STAGE_GROUP = "bana.stages"
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,11 +118,9 @@ class StageContext:
         return self.run_dir / self.stage.section
 
     def torch_device(self):
-        import torch
+        from banacli.train import resolve_device
 
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def info(self, message: str) -> None:
         """Log to the stage's log file, and print unless --quiet."""
@@ -144,13 +141,6 @@ class StageContext:
             disable=self.quiet,
             transient=False,
         )
-
-    def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-        with self.progress() as prog:
-            task = prog.add_task(description, total=total, status="")
-            for item in items:
-                yield item
-                prog.advance(task)
 
     def save_resolved_config(self) -> Path:
         """Write the resolved config (all sections) to RUN/<section>/config.yaml."""

@@ -129,6 +129,17 @@ def make_loader(dataset, sampler: SeededBatchSampler, collate_fn, num_workers: i
                                        persistent_workers=False)
 
 
+def seeded_batches(dataset, collate_fn, *, batch_size: int, seed: int, iterations: int, info: DistInfo,
+                   num_workers: int = 0) -> Callable[[int], Iterator[Any]]:
+    """``batches(start)`` for :func:`train_loop`: this rank's batches from iteration ``start`` on."""
+
+    def batches(start: int) -> Iterator[Any]:
+        sampler = SeededBatchSampler(len(dataset), batch_size, seed, start, iterations, info.rank, info.world)
+        return iter(make_loader(dataset, sampler, collate_fn, num_workers))
+
+    return batches
+
+
 def step_lr(base: float, iteration: int, step: int) -> float:
     """Step schedule (train-cls): divided by 10 after ``step`` iterations."""
     return base * (0.1 if iteration >= step else 1.0)
@@ -318,7 +329,7 @@ def per_rank_batch(batch_size: int, world: int) -> int:
 
 
 __all__ = [
-    "DistInfo", "make_loader", "init_distributed", "shutdown_distributed", "barrier", "SeededBatchSampler",
+    "DistInfo", "make_loader", "seeded_batches", "init_distributed", "shutdown_distributed", "barrier", "SeededBatchSampler",
     "batch_for_iteration", "sample_seed", "step_lr", "poly_lr", "save_checkpoint", "load_checkpoint",
     "train_loop", "wrap_ddp", "write_loss_log", "LoopResult", "per_rank_batch",
 ]

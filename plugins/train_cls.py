@@ -51,10 +51,10 @@ def run(ctx: StageContext) -> None:
 
     from banacli.artifacts import save_model
     from banacli.data.transforms import JointAugment
-    from banacli.models.normalize import normalize
+    from banacli.models.normalize import mean_rgb, normalize
     from banacli.runs import cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.train import (
-        SeededBatchSampler, init_distributed, make_loader, per_rank_batch, shutdown_distributed, step_lr, train_loop,
+        init_distributed, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
         wrap_ddp,
     )
 
@@ -68,15 +68,12 @@ def run(ctx: StageContext) -> None:
         optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         net = wrap_ddp(model, info)
-        mean_rgb = tuple(norm["mean"][::-1] if norm.get("bgr") else norm["mean"])
-        augment = JointAugment(cfg.crop_size, mean_rgb=mean_rgb)
+        augment = JointAugment(cfg.crop_size, mean_rgb=mean_rgb(norm))
         train_set = _ClsTrainSet(ds, augment)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
 
-        def batches(start: int):
-            sampler = SeededBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations,
-                                         info.rank, info.world)
-            return iter(make_loader(train_set, sampler, _collate, ctx.config.data.loader_workers))
+        batches = seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 iterations=cfg.iterations, info=info, num_workers=ctx.config.data.loader_workers)
 
         def step(batch, it):
             images = normalize(batch["image"].to(info.device), norm)

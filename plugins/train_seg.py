@@ -90,11 +90,11 @@ def run(ctx: StageContext) -> None:
     from banacli.data.voc import read_split
     from banacli.errors import DataError
     from banacli.models.deeplab import build_segmenter, upsample_logits
-    from banacli.models.normalize import normalize
+    from banacli.models.normalize import mean_rgb, normalize
     from banacli.ops.nal import bootstrap_beta, seg_loss
     from banacli.runs import config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.train import (
-        SeededBatchSampler, init_distributed, make_loader, per_rank_batch, poly_lr, shutdown_distributed, train_loop,
+        init_distributed, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches, train_loop,
         wrap_ddp,
     )
 
@@ -123,14 +123,11 @@ def run(ctx: StageContext) -> None:
         optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         net = wrap_ddp(model, info)
-        mean_rgb = tuple(norm["mean"][::-1] if norm.get("bgr") else norm["mean"])
-        train_set = _SegTrainSet(ds, JointAugment(cfg.crop_size, mean_rgb=mean_rgb), crf_dir, ret_dir, gt_ids)
+        train_set = _SegTrainSet(ds, JointAugment(cfg.crop_size, mean_rgb=mean_rgb(norm)), crf_dir, ret_dir, gt_ids)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
 
-        def batches(start: int):
-            sampler = SeededBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.iterations,
-                                         info.rank, info.world)
-            return iter(make_loader(train_set, sampler, _collate, data.loader_workers))
+        batches = seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 iterations=cfg.iterations, info=info, num_workers=data.loader_workers)
 
         def step(batch, it):
             images = normalize(batch["images"].to(info.device), norm)

@@ -59,3 +59,9 @@ def denormalize(images: Tensor, norm: Mapping[str, Any]) -> Tensor:
     std = torch.tensor(norm["std"], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     x = images * std + mean
     return x.flip(1) if norm["bgr"] else x
+
+
+def mean_rgb(norm: Mapping[str, Any]) -> tuple[float, float, float]:
+    """The normalisation's mean colour in RGB order (the padding colour of augmented crops)."""
+    mean = list(norm["mean"])
+    return tuple(mean[::-1] if norm.get("bgr") else mean)
