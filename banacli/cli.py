@@ -25,6 +25,7 @@ from banacli import __version__
 from banacli.config import resolve_config, root_model
 from banacli.errors import BanaError, ConfigError
 from banacli.stage import Stage, StageContext, discover_stages, setup_stage_logging
+from banacli.threads import configure_threads, prepare_openmp_env
 
 COMMON = ("data", "run", "config", "set_", "device", "quiet")
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -113,9 +114,10 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
                            quiet=bool(values.get("quiet")) or not main_rank, console=_err)
         handler = setup_stage_logging(ctx) if main_rank else None
         try:
-            if ctx.run_dir is not None and main_rank:
+            if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):
                 ctx.save_resolved_config()
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))
+            ctx.logger.info(configure_threads())
             stage.run(ctx)
         finally:
             if handler is not None:
@@ -198,6 +200,7 @@ def build_app(stages: dict[str, Stage] | None = None) -> typer.Typer:
 
 
 def main() -> None:
+    prepare_openmp_env()  # before torch is imported: idle OpenMP threads sleep (docs/usage.md)
     logging.getLogger("bana").propagate = False
     app = build_app()
     app()
