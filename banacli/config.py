@@ -56,7 +56,14 @@ class _TrainCommon(Section):
     checkpoint_every: int = Field(1000, gt=0, description="Write a resumable checkpoint every K iterations.")
     resume: bool = Field(False, description="Continue from the last checkpoint in the run directory.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
-    log_every: int = Field(10, gt=0, description="Record the loss every K iterations.")
+    log_every: int = Field(10, gt=0, description="Every K iterations: a row in loss.csv and a progress line (iteration, "
+                           "loss, lr, images/s, ETA) in the stage log, and on stderr when it is not a terminal.")
+    force: bool = Field(False, description="Start again from iteration 0 although a checkpoint exists (without --resume "
+                        "an existing checkpoint is otherwise refused).")
+    val_every: int = Field(0, ge=0, description="Validate on data.val_split every K iterations and at the end "
+                           "(seg: single-scale mIoU, keeps best.safetensors; cls: box accuracy and mAP); 0 = off.")
+    tensorboard: bool = Field(False, description="Also write the logged numbers for TensorBoard to RUN/<section>/tb "
+                              "(pip install 'bana[tensorboard]').")
 
 
 class ClsConfig(_TrainCommon):

@@ -51,7 +51,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 RUNTIME_KEYS = {"resume", "checkpoint_every", "log_every", "loader_workers", "workers", "viz", "force",
-                "backend", "scheduler"}
+                "backend", "scheduler", "val_every", "tensorboard"}
 
 
 def config_digest(cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
