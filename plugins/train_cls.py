@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> None:
     from banacli.artifacts import save_model
     from banacli.data.transforms import JointAugment
     from banacli.models.normalize import mean_rgb, normalize
-    from banacli.runs import cls_arch, config_digest, dataset_digest, open_dataset
+    from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.train import (
         init_distributed, log_line_for, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
         wrap_ddp,
@@ -62,6 +62,8 @@ def run(ctx: StageContext) -> None:
     info = init_distributed(ctx.device)
     try:
         ds = open_dataset(ctx, with_gt=False)
+        if info.is_main:
+            check_crop_size(ctx, ds, cfg.crop_size, key="cls.crop_size")
         torch.manual_seed(cfg.seed)
         model = build_classifier(cfg.backbone, cfg.weights, len(ds.class_names)).to(info.device)
         norm = model.backbone.normalization

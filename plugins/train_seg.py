@@ -92,7 +92,7 @@ def run(ctx: StageContext) -> None:
     from banacli.models.deeplab import build_segmenter, upsample_logits
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.ops.nal import bootstrap_beta, seg_loss
-    from banacli.runs import config_digest, dataset_digest, open_dataset, seg_arch
+    from banacli.runs import check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.train import (
         init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches, train_loop,
         wrap_ddp,
@@ -117,6 +117,8 @@ def run(ctx: StageContext) -> None:
                     raise DataError(f"{image_id}: listed in data.gt_split {data.gt_split!r} but has no ground-truth mask")
             ctx.info(f"semi-supervised: {len(gt_ids)} of {len(ds)} images use ground-truth masks")
 
+        if info.is_main:
+            check_crop_size(ctx, ds, cfg.crop_size, key="seg.crop_size")
         torch.manual_seed(cfg.seed)
         model = build_segmenter(cfg.model, len(ds.class_names), weights=cfg.weights, tau=cfg.tau).to(info.device)
         norm = model.normalization

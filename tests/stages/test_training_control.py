@@ -174,3 +174,16 @@ def test_tensorboard_without_the_package_is_one_clear_line(tiny_data, tmp_path, 
     res = invoke(app, ["train-cls", "--data", tiny_data, "--run", tmp_path / "r", *TINY_CLS, "--iterations", 2,
                        "--tensorboard"])
     assert res.exit_code == 1 and "pip install 'bana[tensorboard]'" in res.output
+
+
+def test_tiny_needs_no_weights_option_and_a_too_large_crop_is_named(tiny_data, tmp_path, app):
+    run = tmp_path / "run"
+    res = invoke(app, ["train-cls", "--data", tiny_data, "--run", run, "--backbone", "tiny", "--iterations", 1,
+                       "--batch-size", 2, "--crop-size", 64, "--weights", "none", "-q"])
+    assert res.exit_code == 0, res.output
+    res = invoke(app, ["train-cls", "--data", tiny_data, "--run", run, "--backbone", "tiny", "--iterations", 1,
+                       "--batch-size", 2, "--crop-size", 64, "--force"])
+    assert res.exit_code == 0, res.output
+    assert "cls.crop_size=64 is larger than the images (at most 48 px" in res.output
+    _, meta = load_model(run / "cls" / "model.safetensors")
+    assert meta["config"]["cls"]["weights"] == "auto" and meta["init_weights"]["kind"] == "none"
