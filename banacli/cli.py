@@ -87,6 +87,15 @@ def _common_params(stage: Stage) -> list[inspect.Parameter]:
     ]
 
 
+OVERRIDES_ENV = "BANA_OVERRIDES"
+
+
+def env_overrides() -> list[str]:
+    """``section.key=value`` items from $BANA_OVERRIDES (whitespace-separated), applied after every
+    --set: a way to shrink documented commands for a smoke test without editing them."""
+    return os.environ.get(OVERRIDES_ENV, "").split()
+
+
 def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> int:
     """Resolve the config, validate paths, then call the stage. Returns the exit code."""
     section_vals = {k: v for k, v in values.items() if k not in COMMON and v is not None}
@@ -94,7 +103,8 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
     if values.get("data") is not None:
         overrides.setdefault("data", {})["root"] = str(values["data"])
     try:
-        cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides, sets=values.get("set_"))
+        cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides,
+                             sets=[*(values.get("set_") or []), *env_overrides()])
         data_root = cfg.data.root
         if stage.needs_data:
             if data_root is None:
@@ -118,6 +128,8 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
                 ctx.save_resolved_config()
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))
             ctx.logger.info(configure_threads())
+            if env_overrides():
+                ctx.logger.info("%s: %s", OVERRIDES_ENV, " ".join(env_overrides()))
             stage.run(ctx)
         finally:
             if handler is not None:
