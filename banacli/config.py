@@ -95,6 +95,15 @@ class LabelsConfig(Section):
     scheduler: str | None = Field(None, description="dask scheduler address (tcp://host:8786); default: a local cluster.")
     viz: int = Field(0, ge=0, description="Write this many overlay pictures to RUN/labels/viz.")
     force: bool = Field(False, description="Relabel everything, even when finished outputs exist or the config changed.")
+    box_convention: Literal["voc", "authors"] = Field(
+        "voc", description="Box pixels: voc (every pixel a box touches) or authors (their stage 2 bit for bit: "
+        "foreground extents [ymin:ymax, xmin:xmax] after a float32 round trip; docs/method.md).")
+    features: Literal["auto", "workers", "main"] = Field(
+        "auto", description="Where classifier features are computed: workers (each on the CPU), main (this "
+        "process, batched, streamed to the workers), auto (workers on a CPU, main on a GPU).")
+    shard: str | None = Field(None, pattern=r"^[1-9][0-9]*/[1-9][0-9]*$",
+                              description="K/N: label only part K of N of the split (i % N == K-1) into the same "
+                              "run directory; the last shard to finish writes the report.")
 
 
 class SegConfig(_TrainCommon):
