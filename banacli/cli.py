@@ -71,8 +71,9 @@ def _common_params(stage: Stage) -> list[inspect.Parameter]:
             show_default=False)),
         inspect.Parameter("run", kw, annotation=Optional[Path], default=typer.Option(
             None, "--run", "--run-dir", show_default=False,
-            help="Run directory; this stage writes to RUN/" + stage.section + "/. Under torchrun "
-                 "write --run-dir (torchrun mistakes --run for its own --run-path).")),
+            help="Run directory; this stage writes to RUN/" + stage.section + "/. Under torchrun write "
+                 "`torchrun ... -m banacli -- STAGE --run RUN` (or --run-dir): without the --, torchrun "
+                 "takes --run for its own --run-path.")),
         inspect.Parameter("config", kw, annotation=Optional[Path], default=typer.Option(
             None, "--config", help="YAML config file with sections data, cls, labels, seg, eval, export.",
             show_default=False)),
@@ -199,6 +200,10 @@ def build_app(stages: dict[str, Stage] | None = None) -> typer.Typer:
 
 def main() -> None:
     logging.getLogger("bana").propagate = False
+    # `torchrun ... -m banacli -- gen-labels --run RUN`: the "--" keeps torchrun's parser off
+    # our options (it reads --run as an ambiguous abbreviation of its --run-path); drop it here.
+    if len(sys.argv) > 1 and sys.argv[1] == "--":
+        del sys.argv[1]
     app = build_app()
     app()
 
