@@ -42,11 +42,12 @@ def label_one(labeler, task, out_dirs: dict[str, str], viz_path: str | None, thr
     import torch
 
     from banacli.data.palette import save_label_png
+    from banacli.data.voc import resize_label
 
     torch.set_num_threads(threads)
     result = labeler.label(task)
     for name in labeler.outputs:
-        save_label_png(Path(out_dirs[name]) / f"{task.image_id}.png", result[name])
+        save_label_png(Path(out_dirs[name]) / f"{task.image_id}.png", resize_label(result[name], task.orig_hw))
     if viz_path:
         from banacli.viz import panel, save_picture
 
@@ -85,6 +86,7 @@ def run(ctx: StageContext) -> None:
     from banacli.data.voc import check_image, find_image
     from banacli.labelers import LabelTask, get_labeler
     from banacli.models.normalize import normalize
+    from banacli.outputs import write_skipped
     from banacli.runs import config_digest, dataset_digest, load_classifier, open_dataset
     from banacli.train import resolve_device
 
@@ -114,6 +116,7 @@ def run(ctx: StageContext) -> None:
     manifest_path = out_root / f"{labeler.name}.manifest.json"
     keep = _check_manifest(manifest_path, manifest, cfg.force)
     atomic_write_json(manifest_path, manifest)
+    write_skipped(out_root, labeler.name, ds.skipped)  # lets train-seg tell skipped from missing
     for d in out_dirs.values():
         d.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(d)  # left by a killed earlier run
@@ -147,7 +150,7 @@ def run(ctx: StageContext) -> None:
         for i in todo:
             s = ds.load(i)
             task = LabelTask(image_id=s.id, image=s.image, boxes=s.boxes, labels=s.labels, params=params,
-                             viz=s.id in viz_ids)
+                             viz=s.id in viz_ids, orig_hw=s.orig_hw)
             if model is not None:
                 with torch.no_grad():
                     x = torch.from_numpy(s.image).permute(2, 0, 1)[None].float().to(device)
@@ -199,6 +202,7 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     import numpy as np
 
     from banacli.data.palette import load_label_png
+    from banacli.data.voc import resize_label
     from banacli.ops.labelers import box_labeler
     from banacli.ops.metrics import ConfusionMeter
     from banacli.ops.pseudo import box_extents
@@ -211,7 +215,7 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     n_gt = 0
     for i in range(len(ds)):
         s = ds.load(i)
-        labs = {n: load_label_png(d / f"{s.id}.png") for n, d in out_dirs.items()}
+        labs = {n: resize_label(load_label_png(d / f"{s.id}.png"), s.image.shape[:2]) for n, d in out_dirs.items()}
         if len(names) >= 2:
             differ += int((labs[names[0]] != labs[names[1]]).sum())
             total += labs[names[0]].size

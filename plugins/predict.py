@@ -156,4 +156,5 @@ stage = Stage(
     config=PredictConfig,
     arguments=("inputs",),
     needs_data=False,
+    locks_run=False,  # reads RUN/seg only; several predicts may share a run
 )
