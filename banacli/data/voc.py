@@ -635,6 +635,17 @@ class VOCDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def background_fraction(self, index: int) -> float:
+        """Fraction of the image's pixels outside every box (from the XML and the image header;
+        no decoding). Images at or below ``cls.bg_fallback`` give BAP no background queries."""
+        image_id = self.ids[index]
+        ann = self._annotations.get(image_id) or parse_annotation(annotation_path(self.root, image_id), self.class_ids)
+        w, h = check_image(find_image(self.root, image_id))
+        h2, w2 = reduced_size(h, w, 500)  # the fraction hardly depends on the grid; keep it cheap
+        boxes = clip_boxes(ann.boxes, w, h, annotation_path(self.root, image_id))
+        boxes = boxes * np.array([w2 / w, h2 / h, w2 / w, h2 / h], np.float32)
+        return float(definite_background(boxes, h2, w2).mean())
+
     def load(self, index: int) -> Sample:
         image_id = self.ids[index]
         sample = load_sample(
