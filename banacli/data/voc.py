@@ -508,7 +508,7 @@ def shrink_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 resized to ``hw`` with PIL's antialiased bilinear filter."""
     if image.shape[:2] == tuple(hw):
         return image
-    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
 def shrink_sample(sample: Sample, max_side: int | None) -> Sample:
