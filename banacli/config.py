@@ -43,6 +43,12 @@ class DataConfig(Section):
         "one error line; 'skip' leaves the image out and counts it in a summary.",
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
+    max_side: int | None = Field(
+        1000, ge=64,
+        description="Images whose longer side exceeds this are processed shrunk to it (labels and "
+        "masks are still written at full size); bounds memory on photos. VOC images are at most "
+        "500 px, so the default leaves them untouched. null: never shrink.",
+    )
 
 
 class _TrainCommon(Section):
@@ -191,7 +197,9 @@ def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the config as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

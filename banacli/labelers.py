@@ -37,6 +37,7 @@ class LabelTask:
     feats: np.ndarray | None = None
     weight: np.ndarray | None = None
     viz: bool = False
+    orig_hw: tuple[int, int] | None = None  # the file's (H, W) when the image was shrunk (data.max_side)
 
 
 @dataclass(frozen=True)

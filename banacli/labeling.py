@@ -258,9 +258,11 @@ def write_outputs(sample, result: dict[str, Any], setup: WorkerSetup, *, viz: bo
     """Write one sample's label PNGs (and its picture) atomically: the single place where a
     labeler's result becomes files (per-sample post-processing belongs here)."""
     from banacli.data.palette import save_label_png
+    from banacli.data.voc import resize_label
 
+    orig_hw = getattr(sample, "orig_hw", None)  # the file's size when data.max_side shrank the image
     for name in setup.labeler.outputs:
-        save_label_png(Path(setup.out_dirs[name]) / f"{sample.id}.png", result[name])
+        save_label_png(Path(setup.out_dirs[name]) / f"{sample.id}.png", resize_label(result[name], orig_hw))
     if viz:
         from banacli.viz import panel, save_picture
 
@@ -441,6 +443,10 @@ def label_split(ctx) -> LabelRun:
     }
     out_root.mkdir(parents=True, exist_ok=True)
     keep = _decide_manifest(out_root / f"{labeler.name}.manifest.json", manifest, cfg.force, rank, world)
+    if rank == 0:
+        from banacli.outputs import write_skipped
+
+        write_skipped(out_root, labeler.name, ds.skipped)  # lets train-seg tell skipped from missing
     viz_dir = out_root / "viz"
     for d in [*out_dirs.values(), *([viz_dir] if cfg.viz else [])]:
         d.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     import numpy as np
 
     from banacli.data.palette import load_label_png
+    from banacli.data.voc import resize_label
     from banacli.ops.labelers import box_labeler
     from banacli.ops.metrics import ConfusionMeter
     from banacli.ops.pseudo import box_extents
@@ -54,7 +55,7 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     n_gt = 0
     for i in range(len(ds)):
         s = ds.load(i)
-        labs = {n: load_label_png(d / f"{s.id}.png") for n, d in out_dirs.items()}
+        labs = {n: resize_label(load_label_png(d / f"{s.id}.png"), s.image.shape[:2]) for n, d in out_dirs.items()}
         if len(names) >= 2:
             differ += int((labs[names[0]] != labs[names[1]]).sum())
             total += labs[names[0]].size
