@@ -12,14 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from banacli.data.voc import VOCDataset, annotation_path, split_path
+from banacli.data.voc import VOCDataset, annotation_path, read_annotation_bytes, split_path
 
 
 def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
     """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error."""
     data = ctx.config.data
     ds = VOCDataset(ctx.data_root, split or data.train_split, data.classes, with_gt=with_gt,
-                    on_error=data.on_error)
+                    on_error=data.on_error, max_side=data.max_side, notify=ctx.info)
+    for note in ds.notes:
+        ctx.info(note)
     if ds.skipped:
         ctx.info(ds.summary())
     return ds
@@ -31,7 +33,7 @@ def dataset_digest(ds: VOCDataset) -> str:
     h.update(split_path(ds.root, ds.split).read_bytes())
     for image_id in ds.ids:
         h.update(image_id.encode())
-        h.update(annotation_path(ds.root, image_id).read_bytes())
+        h.update(read_annotation_bytes(annotation_path(ds.root, image_id)))
     return h.hexdigest()
 
 
