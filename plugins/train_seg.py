@@ -231,8 +231,9 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
             st["warned"] = True
             msg = (f"train-seg: warning: after {done} iterations val mIoU {100 * r['miou']:.1f}% is still the "
                    f"all-background prior ({100 * r['prior']:.1f}%): the model predicts background almost "
-                   "everywhere. Try more --iterations, a higher --lr, starting from the classifier "
-                   "(--weights RUN/cls/model.safetensors), or check the pseudo labels (bana eval --what labels)")
+                   "everywhere. Try more --iterations (a tiny model from random init needs thousands), another --lr, "
+                   "starting from the classifier (--weights RUN/cls/model.safetensors), or check the pseudo "
+                   "labels (bana eval --what labels)")
             ctx.logger.warning(msg)
             if not ctx.quiet:
                 ctx.console.print(msg, markup=False, highlight=False)
