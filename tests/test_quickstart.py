@@ -4,6 +4,9 @@ Every ``bana ...`` line of the README's Quick start block runs as written, in a 
 empty folder. Sizes are shrunk only through ``BANA_OVERRIDES`` (docs/usage.md), the documented
 way to run commands smaller without editing them. The run must end with a segmentation model
 whose val mIoU is well above the all-background prior, and with masks written by predict.
+It takes several minutes on 2 quiet cores, so it runs only with ``BANA_QUICKSTART=1``:
+
+    BANA_QUICKSTART=1 python -m pytest tests/test_quickstart.py
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ def _prior(cm: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(os.environ.get("BANA_QUICKSTART") != "1",
+                    reason="the Quick start takes minutes: run with BANA_QUICKSTART=1")
 def test_quickstart_verbatim(tmp_path):
     env = {**os.environ, "BANA_OVERRIDES": SMALLER, "COLUMNS": "200",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for cmd in quickstart_commands(README.read_text()):
-        res = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+        res = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
         assert res.returncode == 0, f"{cmd}\n{res.stderr[-3000:]}"
     metrics = sorted((tmp_path / "runs" / "toy" / "eval").glob("metrics-seg*-val.json"))
     assert metrics, "bana eval wrote no metrics"
