@@ -27,6 +27,7 @@ from banacli.config import resolve_config, root_model
 from banacli.errors import BanaError, ConfigError, os_error_line
 from banacli.lock import stage_lock
 from banacli.stage import Stage, StageContext, discover_stages, setup_stage_logging
+from banacli.threads import configure_threads, prepare_openmp_env
 
 COMMON = ("data", "run", "config", "set_", "device", "quiet")
 _err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # user text is never markup
@@ -89,6 +90,15 @@ def _common_params(stage: Stage) -> list[inspect.Parameter]:
     ]
 
 
+OVERRIDES_ENV = "BANA_OVERRIDES"
+
+
+def env_overrides() -> list[str]:
+    """``section.key=value`` items from $BANA_OVERRIDES (whitespace-separated), applied after every
+    --set: a way to shrink documented commands for a smoke test without editing them."""
+    return os.environ.get(OVERRIDES_ENV, "").split()
+
+
 def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> int:
     """Resolve the config, validate paths, then call the stage. Returns the exit code."""
     section_vals = {k: v for k, v in values.items() if k not in COMMON and v is not None}
@@ -97,7 +107,8 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
         overrides.setdefault("data", {})["root"] = str(values["data"])
     held = contextlib.ExitStack()  # the run-directory lock, released however the stage ends
     try:
-        cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides, sets=values.get("set_"))
+        cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides,
+                             sets=[*(values.get("set_") or []), *env_overrides()])
         data_root = cfg.data.root
         if stage.needs_data:
             if data_root is None:
@@ -121,9 +132,12 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
             held.enter_context(stage_lock(ctx.stage_dir, stage.name))  # one process per stage and run
         handler = setup_stage_logging(ctx) if main_rank else None
         try:
-            if ctx.run_dir is not None and main_rank:
+            if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):
                 ctx.save_resolved_config()
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))
+            ctx.logger.info(configure_threads())
+            if env_overrides():
+                ctx.logger.info("%s: %s", OVERRIDES_ENV, " ".join(env_overrides()))
             stage.run(ctx)
         finally:
             if handler is not None:
@@ -211,6 +225,7 @@ def build_app(stages: dict[str, Stage] | None = None) -> typer.Typer:
 
 
 def main() -> None:
+    prepare_openmp_env()  # before torch is imported: idle OpenMP threads sleep (docs/usage.md)
     logging.getLogger("bana").propagate = False
     # `torchrun ... -m banacli -- gen-labels --run RUN`: the "--" keeps torchrun's parser off
     # our options (it reads --run as an ambiguous abbreviation of its --run-path); drop it here.

@@ -62,7 +62,14 @@ class _TrainCommon(Section):
     checkpoint_every: int = Field(1000, gt=0, description="Write a resumable checkpoint every K iterations.")
     resume: bool = Field(False, description="Continue from the last checkpoint in the run directory.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
-    log_every: int = Field(10, gt=0, description="Record the loss every K iterations.")
+    log_every: int = Field(10, gt=0, description="Every K iterations: a row in loss.csv and a progress line (iteration, "
+                           "loss, lr, images/s, ETA) in the stage log, and on stderr when it is not a terminal.")
+    force: bool = Field(False, description="Start again from iteration 0 although a checkpoint exists (without --resume "
+                        "an existing checkpoint is otherwise refused).")
+    val_every: int = Field(0, ge=0, description="Validate on data.val_split every K iterations and at the end "
+                           "(seg: single-scale mIoU, keeps best.safetensors; cls: box accuracy and mAP); 0 = off.")
+    tensorboard: bool = Field(False, description="Also write the logged numbers for TensorBoard to RUN/<section>/tb "
+                              "(pip install 'bana[tensorboard]').")
 
 
 class ClsConfig(_TrainCommon):
@@ -70,9 +77,10 @@ class ClsConfig(_TrainCommon):
         "vgg16", description="Feature extractor: vgg16 (paper), resnet50/101 (dilated), tiny (CPU demos)."
     )
     weights: str | None = Field(
-        "imagenet",
-        description="Backbone initialisation: 'imagenet' (torchvision, needs a download or cache), "
-        "a local weights file, or null for random init.",
+        "auto",
+        description="Backbone initialisation: auto (ImageNet for vgg16/resnet, random for tiny), "
+        "imagenet or a torchvision name (IMAGENET1K_V1, DEFAULT, VGG16_Weights.IMAGENET1K_V1; "
+        "needs a download or cache), a local weights file, or none/null for random init.",
     )
     pooling: Literal["bap", "gap"] = Field("bap", description="Background-aware pooling or global average pooling (ablation).")
     grid_size: int = Field(4, gt=0, description="N: background queries from an N x N grid of cells (Eq. 1).")
@@ -114,7 +122,9 @@ class LabelsConfig(Section):
 
 class SegConfig(_TrainCommon):
     model: Literal["largefov", "aspp", "tiny"] = Field("largefov", description="DeepLab-V1 LargeFOV (VGG-16), DeepLab-V2 ASPP (ResNet-101), or tiny (CPU).")
-    weights: str | None = Field("imagenet", description="Backbone initialisation: 'imagenet', a local weights file, or null.")
+    weights: str | None = Field(
+        "auto", description="Backbone initialisation: auto (ImageNet for largefov/aspp, random for tiny), imagenet "
+        "or a torchvision name, a local weights file (e.g. RUN/cls/model.safetensors), or none/null.")
     loss: Literal["nal", "ce", "ycrf", "yret", "entropy", "bootstrap"] = Field(
         "nal", description="nal (paper), ce (ignore ~S), ycrf / yret (plain CE on one label set), entropy, bootstrap."
     )

@@ -53,7 +53,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 RUNTIME_KEYS = {"resume", "checkpoint_every", "log_every", "loader_workers", "workers", "viz", "force",
-                "backend", "scheduler"}
+                "backend", "scheduler", "val_every", "tensorboard"}
 
 
 def config_digest(cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -125,3 +125,31 @@ def load_segmenter(path: Path, *, device: str | torch.device = "cpu", class_name
 
     return _load_rebuilt(path, "segnet", SEG_MODELS, build, device=device, class_names=class_names,
                          missing="segmentation model not found (run bana train-seg first)")
+
+
+def check_crop_size(ctx, ds: VOCDataset, crop_size: int, *, key: str, sample: int = 50) -> int | None:
+    """Warn when the random crop is larger than the images (read from the headers of up to
+    ``sample`` images): such crops are mostly padding and cost (crop / side)^2 more per
+    iteration. Returns the largest image side seen (None when no image could be read)."""
+    from PIL import Image
+
+    from banacli.data.voc import find_image
+
+    sides = []
+    for image_id in ds.ids[:sample]:
+        try:
+            with Image.open(find_image(ds.root, image_id)) as im:
+                sides.append(max(im.size))
+        except Exception:  # noqa: BLE001 - unreadable images are reported by the loader itself
+            continue
+    if not sides:
+        return None
+    largest = max(sides)
+    if crop_size > largest:
+        msg = (f"warning: {key}={crop_size} is larger than the images (at most {largest} px in the first "
+               f"{len(sides)}): crops are mostly padding and each iteration costs about "
+               f"{(crop_size / largest) ** 2:.1f}x more; consider --crop-size {largest}")
+        ctx.logger.warning(msg)
+        if not ctx.quiet:
+            ctx.console.print(msg, markup=False, highlight=False)
+    return largest
