@@ -37,6 +37,7 @@ class LabelTask:
     feats: np.ndarray | None = None
     weight: np.ndarray | None = None
     viz: bool = False
+    ignore: np.ndarray | None = None  # (H, W) bool: COCO crowd regions (no background query; 255 in labels)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def _label_bana(task: LabelTask) -> dict[str, Any]:
         crf=CRFParams(bi_w=p["crf_bi_w"], bi_xy=p["crf_bi_xy"], bi_rgb=p["crf_bi_rgb"], pos_w=p["crf_pos_w"],
                       pos_xy=p["crf_pos_xy"], iterations=p["crf_iterations"]),
     )
-    out = generate_pseudo_labels(task.image, task.feats, task.weight, task.boxes, task.labels, params)
+    out = generate_pseudo_labels(task.image, task.feats, task.weight, task.boxes, task.labels, params,
+                                 ignore=task.ignore)
     result: dict[str, Any] = {"Ycrf": out.ycrf, "Yret": out.yret}
     if task.viz:
         cams = np.zeros(out.u0.shape, np.float32)

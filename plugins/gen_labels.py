@@ -82,7 +82,7 @@ def run(ctx: StageContext) -> None:
     from joblib import Parallel, delayed, parallel_config
 
     from banacli.artifacts import atomic_write_json, remove_stale_temp_files
-    from banacli.data.voc import check_image, find_image
+    from banacli.data.voc import check_image
     from banacli.labelers import LabelTask, get_labeler
     from banacli.models.normalize import normalize
     from banacli.runs import config_digest, dataset_digest, load_classifier, open_dataset
@@ -122,7 +122,7 @@ def run(ctx: StageContext) -> None:
 
     sizes = {}
     for image_id in ds.ids:
-        w, h = check_image(find_image(ds.root, image_id))
+        w, h = check_image(ds.image_path(image_id))
         sizes[image_id] = (h, w)
     viz_ids = set(ds.ids[: cfg.viz])
     viz_dir = out_root / "viz"
@@ -147,7 +147,7 @@ def run(ctx: StageContext) -> None:
         for i in todo:
             s = ds.load(i)
             task = LabelTask(image_id=s.id, image=s.image, boxes=s.boxes, labels=s.labels, params=params,
-                             viz=s.id in viz_ids)
+                             viz=s.id in viz_ids, ignore=s.ignore)
             if model is not None:
                 with torch.no_grad():
                     x = torch.from_numpy(s.image).permute(2, 0, 1)[None].float().to(device)
@@ -171,6 +171,9 @@ def run(ctx: StageContext) -> None:
         torch.set_num_threads(saved_threads)  # stages run in one process (bana demo) must not inherit it
     if cfg.viz:
         ctx.info(f"gen-labels: pictures in {viz_dir}")
+
+    from banacli.pseudo_instances import write_instance_results  # hook: RUN/labels/instances_<set>.json
+    write_instance_results(ctx, ds, out_dirs)
 
     report = quality_report(ds, out_dirs, num_classes)
     if report is not None:

@@ -129,6 +129,9 @@ class Sample:
     labels: np.ndarray  # (K,) int64 in 1..L
     gt: np.ndarray | None = None  # (H, W) uint8, 0 background, 1..L, 255 void
     difficult: np.ndarray | None = None  # (K,) bool, VOC's <difficult> flag
+    #: (H, W) bool or None: pixels that are neither objects to label nor definite background
+    #: (COCO ``iscrowd`` regions, see banacli/data/coco.py); VOC samples have None.
+    ignore: np.ndarray | None = None
 
     @property
     def height(self) -> int:
@@ -139,8 +142,9 @@ class Sample:
         return int(self.image.shape[1])
 
     def background(self) -> np.ndarray:
-        """The definite-background mask M of this sample, (H, W) bool."""
-        return definite_background(self.boxes, self.height, self.width)
+        """The definite-background mask M of this sample, (H, W) bool (ignored pixels excluded)."""
+        m = definite_background(self.boxes, self.height, self.width)
+        return m if self.ignore is None else m & ~self.ignore
 
 
 def box_pixel_ranges(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -431,10 +435,15 @@ class VOCDataset:
         else:
             self.ids = list(self.all_ids)
 
+    format = "voc"
+
     @property
     def class_names(self) -> list[str]:
         """Names of all label ids, background first: ``["background", *classes]``."""
         return ["background", *self.classes]
+
+    def image_path(self, image_id: str) -> Path:
+        return find_image(self.root, image_id)
 
     def _check(self, image_id: str, how: str) -> Annotation:
         xml = annotation_path(self.root, image_id)
