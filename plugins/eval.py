@@ -129,6 +129,38 @@ def _num(v: float) -> float | None:
 # ----------------------------------------------------------------------------- the two modes
 
 
+class _CocoSource:
+    """COCO data for the mIoU modes: the semantic ground truth painted from the instance masks
+    (banacli/data/coco.py: smaller instances on top, crowd regions void)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+        self.class_names = ds.class_names
+        self.ids = list(ds.ids)
+        self._index = {sid: i for i, sid in enumerate(ds.ids)}
+
+    def ids_with_gt(self) -> list[str]:
+        anns = self.ds.coco.imgToAnns
+        return [sid for sid in self.ids
+                if any(a.get("segmentation") for a in anns.get(self.ds.coco_ids[sid], []))]
+
+    def sample(self, image_id: str):
+        return self.ds.load(self._index[image_id])
+
+    def image_and_gt(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        s = self.sample(image_id)
+        return s.image, s.gt
+
+
+def _coco_source(ctx: StageContext, split: str) -> _CocoSource | None:
+    from banacli.data.coco import data_format
+    from banacli.runs import open_dataset
+
+    if data_format(ctx.data_root, ctx.config.data) != "coco":
+        return None
+    return _CocoSource(open_dataset(ctx, split, with_gt=True))
+
+
 class _Skips:
     """Honours data.on_error: 'raise' re-raises, 'skip' records the image and goes on."""
 
@@ -143,7 +175,7 @@ class _Skips:
 
 
 def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
-              advance) -> tuple[np.ndarray, dict[str, Any]]:
+              advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     import torch
 
     from banacli.data.voc import find_gt, find_image, read_image
@@ -164,8 +196,11 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
     def images():
         for image_id in ids:
             try:
-                image = read_image(find_image(ctx.data_root, image_id))
-                gt = read_gt(find_gt(ctx.data_root, image_id), k, image.shape[:2])
+                if coco is not None:
+                    image, gt = coco.image_and_gt(image_id)
+                else:
+                    image = read_image(find_image(ctx.data_root, image_id))
+                    gt = read_gt(find_gt(ctx.data_root, image_id), k, image.shape[:2])
             except BanaError as exc:
                 skips.handle(image_id, exc)
                 advance()
@@ -202,7 +237,7 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
 
 
 def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
-                 advance) -> tuple[np.ndarray, dict[str, Any]]:
+                 advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     from banacli.data.voc import find_gt, load_sample
     from banacli.errors import ArtifactError, BanaError
     from banacli.ops.labelers import box_labeler
@@ -219,11 +254,12 @@ def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names
     for image_id in ids:
         try:
             if cfg.labels == "box":
-                sample = load_sample(ctx.data_root, image_id, class_names[1:], with_gt=True)
+                sample = (coco.sample(image_id) if coco is not None
+                          else load_sample(ctx.data_root, image_id, class_names[1:], with_gt=True))
                 gt = sample.gt
                 pred = box_labeler(sample.image, sample.boxes, sample.labels)
             else:
-                gt = read_gt(find_gt(ctx.data_root, image_id), k)
+                gt = coco.image_and_gt(image_id)[1] if coco is not None else read_gt(find_gt(ctx.data_root, image_id), k)
                 pred = read_prediction(folder / f"{image_id}.png", k, gt.shape)
         except BanaError as exc:
             skips.handle(image_id, exc)
@@ -351,9 +387,13 @@ def run(ctx: StageContext) -> None:
         if cfg.crf:
             CRFParams.from_list(cfg.crf_params)
     root = ctx.data_root
-    class_names = ["background", *resolve_classes(root, ctx.config.data.classes)]
-    ids = read_split(root, cfg.split)
-    with_gt = [i for i in ids if find_gt(root, i) is not None]
+    coco = _coco_source(ctx, cfg.split)  # None for VOC data
+    if coco is not None:
+        class_names, ids, with_gt = coco.class_names, coco.ids, coco.ids_with_gt()
+    else:
+        class_names = ["background", *resolve_classes(root, ctx.config.data.classes)]
+        ids = read_split(root, cfg.split)
+        with_gt = [i for i in ids if find_gt(root, i) is not None]
     if not with_gt:
         raise DataError(f"{root / GT_DIRS[0]}: no ground-truth mask for any of the {len(ids)} images of "
                         f"split {cfg.split!r}; nothing to evaluate")
@@ -367,7 +407,7 @@ def run(ctx: StageContext) -> None:
         task = prog.add_task(f"eval {what}", total=len(with_gt), status="")
         advance = lambda: prog.advance(task)  # noqa: E731
         evaluate = _eval_seg if cfg.what == "seg" else _eval_labels
-        cm, settings = evaluate(ctx, cfg, with_gt, class_names, skips, advance)
+        cm, settings = evaluate(ctx, cfg, with_gt, class_names, skips, advance, coco=coco)
     seconds = time.perf_counter() - t0
     evaluated = len(with_gt) - len(skips.items)
     if evaluated == 0:
