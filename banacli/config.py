@@ -46,7 +46,7 @@ class DataConfig(Section):
     format: Literal["auto", "voc", "coco"] = Field(
         "auto",
         description="Dataset layout: voc, coco (ROOT/annotations/instances_SPLIT.json + ROOT/SPLIT/), or auto "
-        "(coco when data.annotations is set or ROOT/annotations/instances_*.json exists without ROOT/Annotations/).",
+        "(coco when data.annotations is set or ROOT/annotations/instances_*.json exists without ROOT/JPEGImages/).",
     )
     annotations: str | None = Field(
         None,

@@ -70,11 +70,12 @@ def image_folder(root: str | os.PathLike, split: str, template: str | None = Non
 
 def is_coco(root: str | os.PathLike, annotations: str | None = None) -> bool:
     """Auto-detection: an explicit ``data.annotations``, or ROOT/annotations/instances_*.json
-    without ROOT/Annotations/ (the VOC folder)."""
+    without ROOT/JPEGImages/ (VOC's image folder; not Annotations/, which a case-insensitive
+    file system cannot tell from annotations/)."""
     if annotations:
         return True
     root = Path(root)
-    return any((root / "annotations").glob("instances_*.json")) and not (root / "Annotations").is_dir()
+    return any((root / "annotations").glob("instances_*.json")) and not (root / "JPEGImages").is_dir()
 
 
 def xywh_to_xyxy(bbox: Sequence[float]) -> tuple[float, float, float, float]:
@@ -285,7 +286,7 @@ class COCODataset:
             has[k] = True
         return masks, has
 
-    def _semantic(self, sid: str, height: int, width: int, ignore: np.ndarray | None) -> np.ndarray | None:
+    def _semantic(self, sid: str, height: int, width: int) -> np.ndarray | None:
         masks, has = self.instance_masks(sid, height, width)
         if not has.any():
             return None
@@ -316,7 +317,7 @@ class COCODataset:
         where = f"{self.ann_path}: image {self._img[sid]['id']}"
         boxes = self._clip(boxes, w, h, where, objs)
         ignore = crowd_ignore(crowd, boxes, h, w)
-        gt = self._semantic(sid, h, w, ignore) if self.with_gt else None
+        gt = self._semantic(sid, h, w) if self.with_gt else None
         return Sample(id=sid, image=image, boxes=boxes, labels=labels.copy(), gt=gt,
                       difficult=np.zeros(len(labels), dtype=bool), ignore=ignore)
 
