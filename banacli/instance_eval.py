@@ -133,14 +133,18 @@ def model_results(ds, run_dir, device) -> tuple[list[dict], dict[str, Any]]:
     except ImportError:
         raise ArtifactError(f"{run_dir}: no instance model support in this install "
                             "(banacli.instseg missing; run bana train-inst from a version that has it)") from None
-    loaded = load_instance_model(run_dir, device)
-    model = loaded[0] if isinstance(loaded, tuple) else loaded
+    import torch
+
+    loaded = load_instance_model(run_dir, device, class_names=ds.class_names)
+    model, meta = loaded if isinstance(loaded, tuple) else (loaded, {})
     out = []
     for i in range(len(ds)):
         s = ds.load(i)
-        for det in predict_instances(model, s.image):
+        with torch.no_grad():
+            found = predict_instances(model, s.image)
+        for det in found:
             mask = np.asarray(det["mask"])
             if mask.dtype != bool:
                 mask = mask >= 0.5
             out.append(_entry(ds, s.id, int(det["label"]), mask, float(det["score"]), det["box"]))
-    return out, {"model": str(run_dir)}
+    return out, {"model": str(run_dir), "arch": meta.get("arch"), "model_sha256": meta.get("weights_sha256")}

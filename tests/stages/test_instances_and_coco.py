@@ -133,3 +133,39 @@ def test_every_stage_on_coco_data(tmp_path, app):
                        "-q"])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "labels" / "instances_Ycrf.json").read_text())
+
+
+def test_model_instances_scored_through_the_instseg_api(tiny_data, tmp_path, app, monkeypatch):
+    """``eval.instances=model`` with a stand-in banacli.instseg that 'predicts' the ground truth
+    (from SegmentationObject) plus one stray low-score detection per image: AP = 1."""
+    import sys
+    import types
+
+    from banacli.data.synth_coco import voc_instances
+
+    ds = VOCDataset(tiny_data, "val")
+    by_pixels = {}
+    for sid in ds.ids:
+        s, masks = voc_instances(tiny_data, sid, ds.classes)
+        by_pixels[s.image.tobytes()] = (s, masks)
+
+    fake = types.ModuleType("banacli.instseg")
+    fake.load_instance_model = lambda run_dir, device, class_names=None: ("model", {"arch": "fake"})
+
+    def predict_instances(model, image):
+        s, masks = by_pixels[image.tobytes()]
+        stray = np.zeros(image.shape[:2], bool)
+        stray[:3, :3] = True
+        return [*({"box": b.tolist(), "label": int(c), "score": 0.9, "mask": m}
+                  for b, c, m in zip(s.boxes, s.labels, masks)),
+                {"box": [0, 0, 3, 3], "label": 1, "score": 0.1, "mask": stray}]
+
+    fake.predict_instances = predict_instances
+    monkeypatch.setitem(sys.modules, "banacli.instseg", fake)
+    run = tmp_path / "run"
+    res = invoke(app, ["eval", "--data", tiny_data, "--run", run, "--what", "instances", "--split", "val",
+                       "--set", "eval.instances=model", "-q"])
+    assert res.exit_code == 0, res.output
+    got = json.loads((run / "eval" / "metrics-instances-model-val.json").read_text())
+    assert got["AP"] == pytest.approx(1.0) and got["AP50"] == pytest.approx(1.0)
+    assert got["detections"] == got["ground_truth_instances"] + len(ds)
