@@ -71,17 +71,17 @@ def instance_results(ds, label_dirs: dict[str, Path]) -> tuple[dict[str, list[di
     names = list(label_dirs)
     results: dict[str, list[dict]] = {n: [] for n in names}
     empty = dict.fromkeys(names, 0)
-    for i in range(len(ds)):
-        s = ds.load(i)
-        masks = {n: box_instance_masks(load_label_png(Path(d) / f"{s.id}.png"), s.boxes, s.labels)
-                 for n, d in label_dirs.items()}
-        score = mask_iou(masks[names[0]], masks[names[-1]]) if len(names) >= 2 else np.ones(len(s.labels))
+    for i, sid in enumerate(ds.ids):
+        maps = {n: load_label_png(Path(d) / f"{sid}.png") for n, d in label_dirs.items()}
+        boxes, labels = ds.box_labels(i, *maps[names[0]].shape)  # no image decode needed
+        masks = {n: box_instance_masks(m, boxes, labels) for n, m in maps.items()}
+        score = mask_iou(masks[names[0]], masks[names[-1]]) if len(names) >= 2 else np.ones(len(labels))
         for n in names:
-            for k, (box, lab) in enumerate(zip(s.boxes, s.labels)):
+            for k, (box, lab) in enumerate(zip(boxes, labels)):
                 if not masks[n][k].any():
                     empty[n] += 1
                     continue
-                results[n].append(_entry(ds, s.id, int(lab), masks[n][k], score[k], box))
+                results[n].append(_entry(ds, sid, int(lab), masks[n][k], score[k], box))
     return results, empty
 
 

@@ -269,6 +269,12 @@ class COCODataset:
         if size is not None and size != (w, h):
             raise DataError(f"{path}: image is {w}x{h} but {self.ann_path} says {size[0]}x{size[1]}")
 
+    def box_labels(self, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (clipped to ``width`` x ``height``) and labels of item ``index`` without decoding its image."""
+        sid = self.ids[index]
+        boxes, labels, _, objs = self._parsed[sid]
+        return self._clip(boxes, width, height, f"{self.ann_path}: image {self._img[sid]['id']}", objs), labels.copy()
+
     def instance_masks(self, image_id: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """(K, H, W) bool ground-truth masks of the non-crowd annotations (box order) and (K,)
         bool telling which had a ``segmentation``."""

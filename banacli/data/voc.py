@@ -445,6 +445,12 @@ class VOCDataset:
     def image_path(self, image_id: str) -> Path:
         return find_image(self.root, image_id)
 
+    def box_labels(self, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (clipped to ``width`` x ``height``) and labels of item ``index`` without decoding its image."""
+        image_id = self.ids[index]
+        ann = self._annotations.get(image_id) or parse_annotation(annotation_path(self.root, image_id), self.class_ids)
+        return clip_boxes(ann.boxes, width, height, annotation_path(self.root, image_id)), ann.labels.copy()
+
     def _check(self, image_id: str, how: str) -> Annotation:
         xml = annotation_path(self.root, image_id)
         img_path = find_image(self.root, image_id)

@@ -163,3 +163,12 @@ def test_missing_or_malformed_json_and_explicit_paths(tmp_path):
                           "images": str(other / "{split}")})()
     ds = open_data(tmp_path, "val2017", data)
     assert isinstance(ds, COCODataset) and ds.ids == ["a"] and ds.load(0).image.shape == (10, 20, 3)
+
+
+def test_box_labels_without_the_image_equal_load(coco_root, synth_root):
+    for ds in (COCODataset(coco_root, "train"), VOCDataset(synth_root, "train")):
+        for i in range(len(ds)):
+            s = ds.load(i)
+            boxes, labels = ds.box_labels(i, s.height, s.width)
+            np.testing.assert_array_equal(boxes, s.boxes)
+            np.testing.assert_array_equal(labels, s.labels)
