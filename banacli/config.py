@@ -43,6 +43,12 @@ class DataConfig(Section):
         "one error line; 'skip' leaves the image out and counts it in a summary.",
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
+    max_side: int | None = Field(
+        1000, ge=64,
+        description="Images whose longer side exceeds this are processed shrunk to it (labels and "
+        "masks are still written at full size); bounds memory on photos. VOC images are at most "
+        "500 px, so the default leaves them untouched. null: never shrink.",
+    )
     format: Literal["auto", "voc", "coco"] = Field(
         "auto",
         description="Dataset layout: voc, coco (ROOT/annotations/instances_SPLIT.json + ROOT/SPLIT/), or auto "
@@ -116,6 +122,15 @@ class LabelsConfig(Section):
     scheduler: str | None = Field(None, description="dask scheduler address (tcp://host:8786); default: a local cluster.")
     viz: int = Field(0, ge=0, description="Write this many overlay pictures to RUN/labels/viz.")
     force: bool = Field(False, description="Relabel everything, even when finished outputs exist or the config changed.")
+    box_convention: Literal["voc", "authors"] = Field(
+        "voc", description="Box pixels: voc (every pixel a box touches) or authors (their stage 2 bit for bit: "
+        "foreground extents [ymin:ymax, xmin:xmax] after a float32 round trip; docs/method.md).")
+    features: Literal["auto", "workers", "main"] = Field(
+        "auto", description="Where classifier features are computed: workers (each on the CPU), main (this "
+        "process, batched, streamed to the workers), auto (workers on a CPU, main on a GPU).")
+    shard: str | None = Field(None, pattern=r"^[1-9][0-9]*/[1-9][0-9]*$",
+                              description="K/N: label only part K of N of the split (i % N == K-1) into the same "
+                              "run directory; the last shard to finish writes the report.")
 
 
 class SegConfig(_TrainCommon):
@@ -207,7 +222,9 @@ def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the config as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

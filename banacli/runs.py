@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from banacli.data.voc import VOCDataset, annotation_path, split_path
+from banacli.data.voc import VOCDataset, annotation_path, read_annotation_bytes, split_path
 
 
 def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
@@ -21,7 +21,10 @@ def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCD
     from banacli.data.coco import open_data
 
     data = ctx.config.data
-    ds = open_data(ctx.data_root, split or data.train_split, data, with_gt=with_gt)
+    ds = open_data(ctx.data_root, split or data.train_split, data, with_gt=with_gt, max_side=data.max_side,
+                   notify=ctx.info)
+    for note in ds.notes:
+        ctx.info(note)
     if ds.skipped:
         ctx.info(ds.summary())
     return ds
@@ -35,7 +38,7 @@ def dataset_digest(ds: VOCDataset) -> str:
     h.update(split_path(ds.root, ds.split).read_bytes())
     for image_id in ds.ids:
         h.update(image_id.encode())
-        h.update(annotation_path(ds.root, image_id).read_bytes())
+        h.update(read_annotation_bytes(annotation_path(ds.root, image_id)))
     return h.hexdigest()
 
 

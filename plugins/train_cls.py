@@ -85,6 +85,8 @@ def run(ctx: StageContext) -> None:
                       pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
             return out["loss"], {}
 
+        if info.is_main:
+            warn_no_background(ctx, ds, cfg.bg_fallback)
         ctx.info(f"train-cls: {len(ds)} images, {len(ds.classes)} classes, backbone {cfg.backbone}, "
                  f"pooling {cfg.pooling}, {cfg.iterations} iterations of batch {cfg.batch_size} "
                  f"({info.world} process{'es' if info.world > 1 else ''} x {local_batch}) on {info.device}")
@@ -115,6 +117,24 @@ def run(ctx: StageContext) -> None:
             ctx.info(f"train-cls: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
     finally:
         shutdown_distributed(info)
+
+
+def warn_no_background(ctx, ds, bg_fallback: float) -> list[str]:
+    """Warn (one line) about images whose boxes leave at most ``bg_fallback`` of the image as
+    background: BAP takes no background queries from them (they use GAP), and when every image
+    is like that the background is never learned. Returns those ids."""
+    ids = [ds.ids[i] for i in range(len(ds)) if ds.background_fraction(i) <= bg_fallback]
+    if not ids:
+        return ids
+    shown = ", ".join(ids[:3]) + (f", … ({len(ids)} in all)" if len(ids) > 3 else "")
+    if len(ids) == len(ds):
+        ctx.info(f"warning: train-cls: the boxes of every training image cover all but at most "
+                 f"{bg_fallback:.0%} of it (cls.bg_fallback); with no background outside the boxes the "
+                 f"classifier never learns the background, and pseudo labels will lack it ({shown})")
+    else:
+        ctx.info(f"warning: train-cls: {len(ids)} of {len(ds)} images have boxes covering all but at most "
+                 f"{bg_fallback:.0%} of the image; they give no background queries and use GAP ({shown})")
+    return ids
 
 
 def _state_digest(model) -> str:

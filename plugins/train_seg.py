@@ -35,12 +35,16 @@ class _SegTrainSet:
         import torch
 
         from banacli.data.palette import load_label_png
+        from banacli.data.voc import resize_label
         from banacli.runs import seeded
 
         index, seed = key
         s = self.ds.load(index)
         masks = {"ycrf": load_label_png(self.crf_dir / f"{s.id}.png"),
                  "yret": load_label_png(self.ret_dir / f"{s.id}.png")}
+        if s.reduced:  # labels are stored at the file's size; the image was shrunk (data.max_side)
+            masks = {k: resize_label(m, s.image.shape[:2]) if m.shape == s.orig_hw else m
+                     for k, m in masks.items()}
         has_gt = s.id in self.gt_ids
         if has_gt:
             masks["gt"] = s.gt
@@ -70,16 +74,25 @@ def _collate(batch):
     }
 
 
-def check_labels(ds, folders: list[Path]) -> None:
-    """Every training image needs its pseudo labels; fail before training with the first missing file."""
+def check_labels(ds, folders: list[Path], skipped: dict[str, str] | None = None) -> None:
+    """Every training image needs its pseudo labels; fail before training with the first missing
+    file. ``skipped`` ({id: reason}, from gen-labels) tells an image gen-labels left out on
+    purpose from a label that is missing because gen-labels did not finish."""
     from banacli.errors import ArtifactError
 
+    skipped = skipped or {}
     for folder in folders:
         if not folder.is_dir():
             raise ArtifactError(f"{folder}: pseudo labels not found (run bana gen-labels first)")
         for image_id in ds.ids:
-            if not (folder / f"{image_id}.png").is_file():
-                raise ArtifactError(f"{folder / (image_id + '.png')}: pseudo label missing (rerun bana gen-labels)")
+            path = folder / f"{image_id}.png"
+            if path.is_file():
+                continue
+            if image_id in skipped:
+                raise ArtifactError(
+                    f"{path}: no pseudo label because gen-labels skipped this image on purpose "
+                    f"({skipped[image_id]}); fix it, or train without it with --set data.on_error=skip")
+            raise ArtifactError(f"{path}: pseudo label missing (rerun bana gen-labels)")
 
 
 def run(ctx: StageContext) -> None:
@@ -92,6 +105,7 @@ def run(ctx: StageContext) -> None:
     from banacli.models.deeplab import build_segmenter, upsample_logits
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.ops.nal import bootstrap_beta, seg_loss
+    from banacli.outputs import read_skipped
     from banacli.runs import config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.train import (
         init_distributed, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches, train_loop,
@@ -106,7 +120,7 @@ def run(ctx: StageContext) -> None:
         crf_name, ret_name = label_sets(cfg.labels)
         label_root = ctx.run_dir / "labels"
         crf_dir, ret_dir = label_root / crf_name, label_root / ret_name
-        check_labels(ds, [crf_dir, ret_dir])
+        check_labels(ds, [crf_dir, ret_dir], read_skipped(label_root, cfg.labels))
         gt_ids: set[str] = set()
         if data.gt_split and getattr(ds, "format", "voc") == "coco":
             from banacli.errors import ConfigError

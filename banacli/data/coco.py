@@ -46,7 +46,16 @@ from typing import Any, Literal
 import numpy as np
 
 from banacli.data.palette import VOID
-from banacli.data.voc import Sample, _check_class_names, box_pixel_ranges, check_image, read_image
+from banacli.data.voc import (
+    Sample,
+    _check_class_names,
+    box_pixel_ranges,
+    check_image,
+    definite_background,
+    read_image,
+    reduced_size,
+    shrink_sample,
+)
 from banacli.errors import DataError
 
 ANNOTATION_TEMPLATE = "annotations/instances_{split}.json"
@@ -141,6 +150,8 @@ class COCODataset:
         check_images: Literal["header", "decode"] = "header",
         annotations: str | None = None,
         images: str | None = None,
+        max_side: int | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -170,6 +181,10 @@ class COCODataset:
         self.transform = transform
         self.with_gt = with_gt
         self.on_error = on_error
+        self.max_side = max_side
+        self.notify = notify
+        self.notes: list[str] = []
+        self._reported: set[str] = set()
 
         self._img: dict[str, dict] = {}
         self.coco_ids: dict[str, int] = {}
@@ -324,8 +339,30 @@ class COCODataset:
         boxes = self._clip(boxes, w, h, where, objs)
         ignore = crowd_ignore(crowd, boxes, h, w)
         gt = self._semantic(sid, h, w) if self.with_gt else None
-        return Sample(id=sid, image=image, boxes=boxes, labels=labels.copy(), gt=gt,
-                      difficult=np.zeros(len(labels), dtype=bool), ignore=ignore)
+        sample = Sample(id=sid, image=image, boxes=boxes, labels=labels.copy(), gt=gt,
+                        difficult=np.zeros(len(labels), dtype=bool), orig_hw=(h, w), ignore=ignore)
+        if not self.max_side:
+            return sample
+        sample = shrink_sample(sample, self.max_side)
+        if sample.reduced and self.notify is not None and sid not in self._reported:
+            self._reported.add(sid)
+            rh, rw = sample.image.shape[:2]
+            self.notify(f"{sid}: {w}x{h} image processed at reduced size {rw}x{rh} "
+                        f"(data.max_side={self.max_side}); outputs are written at {w}x{h}")
+        return sample
+
+    def background_fraction(self, index: int) -> float:
+        """Fraction of the image's pixels outside every box and crowd region (no decoding when
+        the JSON gives the size)."""
+        sid = self.ids[index]
+        size = self._size(sid) or check_image(self.image_path(sid))
+        w, h = size
+        h2, w2 = reduced_size(h, w, 500)
+        boxes, _ = self.box_labels(index, h, w)
+        scale = np.array([w2 / w, h2 / h, w2 / w, h2 / h], np.float32)
+        crowd = self._parsed[sid][2]
+        m = definite_background(np.concatenate([boxes, crowd]) * scale, h2, w2)
+        return float(m.mean())
 
     def __getitem__(self, index: int) -> Any:
         sample = self.load(index)
