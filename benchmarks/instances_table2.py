@@ -67,23 +67,25 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    w = args.work
-    if w.exists():
-        shutil.rmtree(w)
+    w = args.work  # an existing WORK is reused: finished steps (datasets, classifiers) are kept
     t0 = time.perf_counter()
     target, full_src, source = w / "coco", w / "other-full", w / "other-3cls"
-    bana("synth", target, "--format", "coco", "--images", args.images, "--val", 0, "--size", args.size,
-         "--seed", args.seed, "-q")
-    bana("synth", full_src, "--format", "coco", "--images", args.images, "--val", 0, "--size", args.size,
-         "--seed", args.seed + 1000, "-q")
-    keep_classes(full_src, source, SOURCE_CLASSES)
+    if not (target / "annotations" / "instances_train.json").is_file():
+        bana("synth", target, "--format", "coco", "--images", args.images, "--val", 0, "--size", args.size,
+             "--seed", args.seed, "-q")
+    if not (source / "annotations" / "instances_train.json").is_file():
+        bana("synth", full_src, "--format", "coco", "--images", args.images, "--val", 0, "--size", args.size,
+             "--seed", args.seed + 1000, "-q")
+        keep_classes(full_src, source, SOURCE_CLASSES)
     cls = ["--backbone", "tiny", "--set", "cls.weights=null", "--iterations", args.iterations, "--batch-size", 8,
            "--crop-size", args.size, "--lr", 0.01, "--set", f"cls.lr_step={int(args.iterations * 0.75)}",
            "--seed", args.seed, "-q"]
     same, cross = w / "run-coco-to-coco", w / "run-voc-to-coco"
-    bana("train-cls", "--data", target, "--run", same, *cls)
+    if not (same / "cls" / "model.safetensors").is_file():
+        bana("train-cls", "--data", target, "--run", same, *cls)
     bana("gen-labels", "--data", target, "--run", same, "--workers", args.workers, "-q")
-    bana("train-cls", "--data", source, "--run", cross, *cls)
+    if not (cross / "cls" / "model.safetensors").is_file():
+        bana("train-cls", "--data", source, "--run", cross, *cls)
     bana("gen-labels", "--data", target, "--run", cross, "--workers", args.workers,
          "--set", "labels.class_agnostic=true", "-q")
     rows = {}
