@@ -172,3 +172,18 @@ def test_box_labels_without_the_image_equal_load(coco_root, synth_root):
             boxes, labels = ds.box_labels(i, s.height, s.width)
             np.testing.assert_array_equal(boxes, s.boxes)
             np.testing.assert_array_equal(labels, s.labels)
+
+
+def test_max_side_shrinks_image_boxes_and_crowd_together(tmp_path):
+    crowd_seg = encode_mask(np.pad(np.ones((4, 4), bool), ((0, 6), (12, 4))))
+    _write(tmp_path, [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}],
+           [_ann(1, 1, 2, [0, 0, 4, 4]), _ann(2, 1, 90, [10, 0, 8, 6], crowd=1, seg=crowd_seg)], CATS)
+    notes = []
+    ds = COCODataset(tmp_path, "train", max_side=10, notify=notes.append)
+    s = ds.load(0)
+    assert s.image.shape == (5, 10, 3) and s.orig_hw == (10, 20) and s.reduced
+    np.testing.assert_array_equal(s.boxes, [[0, 0, 2, 2]])
+    assert s.ignore.shape == (5, 10) and s.ignore[0, 5:9].all() and not s.ignore[4].any()
+    assert len(notes) == 1 and "reduced size 10x5" in notes[0]
+    # the background fraction counts crowd regions as not-background: 1 - (16 + 48) / 200
+    assert ds.background_fraction(0) == pytest.approx(1 - (16 + 48) / 200)
