@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from banacli.errors import ConfigError
 
@@ -49,6 +49,27 @@ class DataConfig(Section):
         "masks are still written at full size); bounds memory on photos. VOC images are at most "
         "500 px, so the default leaves them untouched. null: never shrink.",
     )
+    format: Literal["auto", "voc", "coco"] = Field(
+        "auto",
+        description="Dataset layout: voc, coco (ROOT/annotations/instances_SPLIT.json + ROOT/SPLIT/), or auto "
+        "(coco when data.annotations is set or ROOT/annotations/instances_*.json exists without ROOT/JPEGImages/).",
+    )
+    annotations: str | None = Field(
+        None,
+        description="COCO: the instances JSON, '{split}' replaced by the split; relative to ROOT unless absolute "
+        "(default annotations/instances_{split}.json).",
+    )
+    images: str | None = Field(
+        None, description="COCO: the image folder, '{split}' replaced by the split; relative to ROOT unless "
+        "absolute (default {split}).",
+    )
+
+    @field_validator("annotations", "images")
+    @classmethod
+    def _nonempty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path (or null)")
+        return v
 
 
 class _TrainCommon(Section):
@@ -139,8 +160,12 @@ class SegConfig(_TrainCommon):
 
 class EvalConfig(Section):
     split: str = Field("val", description="Split to evaluate.")
-    what: Literal["seg", "labels"] = Field("seg", description="Evaluate the segmentation model or the pseudo labels.")
-    labels: Literal["ycrf", "yret", "box", "grabcut"] = Field("ycrf", description="With --what labels: which pseudo labels.")
+    what: Literal["seg", "labels", "instances"] = Field(
+        "seg", description="Evaluate the segmentation model, the pseudo labels (mIoU), or instance masks (COCO mask AP).")
+    labels: Literal["ycrf", "yret", "box", "grabcut"] = Field("ycrf", description="With --what labels or instances: which pseudo labels.")
+    instances: Literal["labels", "model", "box"] = Field(
+        "labels", description="With --what instances: the pseudo instance masks of RUN/labels (eval.labels picks the set), "
+        "the instance model of RUN (bana train-inst), or each box as its mask.")
     ms: bool = Field(True, description="Multi-scale inference over eval.scales.")
     scales: list[float] = Field([1.0, 0.5, 0.75, 1.5], description="Scales averaged in multi-scale inference.")
     flip: bool = Field(True, description="Average with horizontally flipped inputs.")

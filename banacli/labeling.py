@@ -239,7 +239,7 @@ def label_image(task: ImageTask, setup: WorkerSetup) -> str:
     _prepare_worker(setup)
     s = task.sample
     lt = LabelTask(image_id=s.id, image=s.image, boxes=s.boxes, labels=s.labels, params=setup.params,
-                   viz=task.viz)
+                   viz=task.viz, ignore=s.ignore)
     if setup.labeler.needs_classifier:
         if task.feats is not None:
             lt.feats, lt.weight = task.feats, setup.weight
@@ -409,7 +409,7 @@ def label_split(ctx) -> LabelRun:
 
     from banacli.artifacts import remove_stale_temp_files
     from banacli.cores import available_cores, threads_per_worker
-    from banacli.data.voc import check_image, find_image
+    from banacli.data.voc import check_image
     from banacli.labelers import get_labeler
     from banacli.runs import dataset_digest, open_dataset
 
@@ -460,7 +460,7 @@ def label_split(ctx) -> LabelRun:
 
     sizes = {}
     for i in mine:  # every image of this part is readable before any work starts
-        w, h = check_image(find_image(ds.root, ds.ids[i]))
+        w, h = check_image(ds.image_path(ds.ids[i]))
         sizes[i] = (h, w)
 
     def needs_work(i: int) -> bool:

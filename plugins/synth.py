@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -16,6 +17,8 @@ class SynthConfig(Section):
     val: int = Field(50, ge=0, description="Number of validation images.")
     size: int = Field(128, ge=32, le=1024, description="Image side in pixels.")
     seed: int = Field(0, description="Random seed; the same seed gives the same dataset.")
+    format: Literal["voc", "coco"] = Field(
+        "voc", description="Layout: voc, or coco (annotations/instances_SPLIT.json with RLE instance masks + SPLIT/).")
 
 
 def run(ctx: StageContext) -> None:
@@ -27,7 +30,10 @@ def run(ctx: StageContext) -> None:
         raise ConfigError("bana synth: OUT folder is required")
     with ctx.progress() as prog:
         task = prog.add_task("synth", total=cfg.images + cfg.val, status="")
-        summary = generate(cfg.out, images=cfg.images, size=cfg.size, seed=cfg.seed, val=cfg.val,
+        make = generate
+        if cfg.format == "coco":
+            from banacli.data.synth_coco import generate_coco as make
+        summary = make(cfg.out, images=cfg.images, size=cfg.size, seed=cfg.seed, val=cfg.val,
                            progress=lambda n=1: prog.advance(task, n))
     ctx.info(
         f"wrote {cfg.images} train + {cfg.val} val images of {cfg.size} px to {cfg.out}; "
