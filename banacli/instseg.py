@@ -49,7 +49,9 @@ INST_BACKBONES = ("resnet50_fpn", "tiny")
 ARCH_KIND = "maskrcnn"
 
 __all__ = [
-    "INST_BACKBONES", "RegionMaskRoIHeads", "RegionTransform", "TinyBackbone", "build_mask_rcnn", "gt_instance_targets",
+    "INST_BACKBONES", "INST_OUTPUT_NAMES", "PixelMaskRCNN", "RegionMaskRoIHeads", "RegionTransform", "TinyBackbone",
+    "build_mask_rcnn", "export_instance_model", "gt_instance_targets", "instance_export_metadata",
+    "write_instance_prediction",
     "inst_arch", "load_instance_model", "predict_instances", "pseudo_instance_targets", "region_mask_loss",
 ]
 
@@ -394,3 +396,158 @@ def load_instance_model(run_dir: str | Path, device: str | torch.device = "cpu",
     except RuntimeError as exc:
         raise ArtifactError(f"{path}: weights do not fit {meta['arch']} ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), meta
+
+
+# ----------------------------------------------------------------------------- predict / export
+
+INST_OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
+
+
+class PixelMaskRCNN(nn.Module):
+    """An exportable Mask R-CNN: one (3, H, W) RGB image in 0..255 (uint8 or float) ->
+    boxes (N, 4) xyxy in input pixels, labels (N,) 1..L, scores (N,), masks (N, H, W) float
+    probabilities (threshold 0.5 for a binary mask), best score first."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = self.model([image.float() / 255.0])[0]
+        return out["boxes"], out["labels"], out["scores"], out["masks"][:, 0]
+
+
+def instance_export_metadata(meta: dict[str, Any], fmt: str, **more: Any) -> dict[str, Any]:
+    from banacli import __version__
+    from banacli.export import EXPORT_FORMAT
+
+    out = {
+        "format": EXPORT_FORMAT, "exported_as": fmt, "arch": meta["arch"], "num_classes": int(meta["num_classes"]),
+        "class_names": list(meta["class_names"]), "normalization": dict(meta["normalization"]), "tau": None,
+        "min_size": meta.get("min_size"), "max_size": meta.get("max_size"),
+        "input": {"name": "image", "layout": "CHW (one image, no batch axis)", "channels": "RGB", "range": "0..255",
+                  "dtype": "uint8", "note": "plain pixels; normalisation and resizing happen inside the model"},
+        "outputs": {"boxes": "(N, 4) float32 x0, y0, x1, y1 in input pixels",
+                    "labels": "(N,) int64 class ids 1..L (names in class_names)",
+                    "scores": "(N,) float32, best first",
+                    "masks": "(N, H, W) float32 mask probabilities at the input size; >= 0.5 is the mask"},
+        "source_weights_sha256": meta.get("weights_sha256"), "bana_version": __version__,
+    }
+    out.update(more)
+    return out
+
+
+def _max_diff(ref: Sequence[Tensor], got: Sequence[Any]) -> float:
+    diffs = []
+    for r, g in zip(ref, got):
+        g = torch.as_tensor(np.asarray(g))
+        if tuple(g.shape) != tuple(r.shape):
+            return float("inf")
+        if r.numel():
+            diffs.append(float((g.double() - r.double()).abs().max()))
+    return max(diffs, default=0.0)
+
+
+def _example(h: int, w: int, seed: int) -> Tensor:
+    """A reproducible (3, H, W) uint8 picture of flat blocks (detections are found on it)."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.randint(0, 256, (3, max(1, h // 8) + 1, max(1, w // 8) + 1), dtype=torch.uint8, generator=g)
+    return small.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, :h, :w].contiguous()
+
+
+def export_instance_model(src: str | Path, out_dir: str | Path, fmt: str, *, opset: int = 17,
+                          input_size: int = 320, tolerance: float = 1e-3) -> tuple[Path, dict[str, Any]]:
+    """Export RUN/inst/model.safetensors (``src``) as ONNX, TorchScript or a safetensors copy in
+    ``out_dir``; exported graphs are checked against PyTorch at two image sizes. Returns
+    (path written, metadata)."""
+    import io
+    import json
+
+    from banacli.artifacts import atomic_path, atomic_write_bytes, load_model
+    from banacli.export import (
+        FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
+    )
+
+    model, meta = load_instance_model(src, "cpu")
+    path = Path(out_dir) / FILE_NAMES[fmt]
+    info = instance_export_metadata(meta, fmt, source=str(src))
+    if fmt == "safetensors":
+        tensors, sidecar = load_model(src)
+        export_safetensors(tensors, sidecar, path, info)
+        return path, info
+    wrapper = PixelMaskRCNN(model).eval()
+    sizes = [(input_size, input_size), (max(32, input_size - 24), input_size + 40)]
+    examples = [_example(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    with torch.no_grad():
+        refs = [wrapper(x) for x in examples]
+    counts = [int(len(r[0])) for r in refs]  # a check on zero detections checks little: reported
+    if fmt == "onnx":
+        try:
+            import onnx
+            import onnxruntime as ort
+        except ImportError:
+            raise BanaError("export --format onnx needs onnx and onnxruntime: pip install 'bana[export]'") from None
+        buf = io.BytesIO()
+        axes = {"image": {1: "height", 2: "width"}, "boxes": {0: "detections"}, "labels": {0: "detections"},
+                "scores": {0: "detections"}, "masks": {0: "detections", 1: "height", 2: "width"}}
+        with _quiet_torch_warnings():
+            # the TorchScript-based exporter: torchvision's detection models carry ONNX-aware paths for it
+            torch.onnx.export(wrapper, (examples[0],), buf, dynamo=False, opset_version=opset, input_names=["image"],
+                              output_names=list(INST_OUTPUT_NAMES), dynamic_axes=axes, do_constant_folding=True)
+        data = buf.getvalue()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        diff = max(_max_diff(r, sess.run(list(INST_OUTPUT_NAMES), {"image": x.numpy()})) for x, r in zip(examples, refs))
+        if diff > tolerance:
+            raise BanaError(f"{path}: ONNX export disagrees with PyTorch (max difference {diff:.3g} > {tolerance:g}); not written")
+        info.update(opset=opset, dynamic_hw=True, max_abs_diff=diff, checked_sizes=[list(s) for s in sizes],
+                    checked_detections=counts)
+        proto = onnx.load_from_string(data)
+        del proto.metadata_props[:]
+        for key, value in {"bana": json.dumps(info, sort_keys=True),
+                           "class_names": json.dumps(info["class_names"]), "arch": info["arch"]}.items():
+            prop = proto.metadata_props.add()
+            prop.key, prop.value = key, value
+        proto.producer_name = "bana"
+        onnx.checker.check_model(proto)
+        atomic_write_bytes(path, proto.SerializeToString())
+    elif fmt == "torchscript":
+        with _quiet_torch_warnings(), torch.no_grad():
+            traced = torch.jit.trace(wrapper, (examples[0],), check_trace=False)
+            diff = max(_max_diff(r, traced(x)) for x, r in zip(examples, refs))
+        if diff > tolerance:
+            raise BanaError(f"{path}: TorchScript trace disagrees with PyTorch (max difference {diff:.3g}); not written")
+        info.update(dynamic_hw=True, max_abs_diff=diff, checked_sizes=[list(s) for s in sizes],
+                    checked_detections=counts)
+        with atomic_path(path) as tmp, _quiet_torch_warnings():
+            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(info, sort_keys=True)})
+    else:
+        raise BanaError(f"unknown export format {fmt!r}")
+    _write_sidecar(path, info)
+    return path, info
+
+
+def write_instance_prediction(out: Path, image_id: str, image: np.ndarray, found: list[dict[str, Any]],
+                              class_names: list[str], *, overlay: bool = True) -> None:
+    """OUT/ID.png: instance map (0 none, k = the k-th instance of ID.json, best score first;
+    where masks overlap the better-scoring instance wins), OUT/ID.json: the instances (id, class,
+    label, score, box, area), OUT/ID_overlay.jpg: instance colours over the image."""
+    from PIL import Image
+
+    from banacli.artifacts import atomic_path, atomic_write_json
+    from banacli.data.palette import overlay as blend
+    from banacli.data.palette import save_label_png
+
+    found = found[:254]
+    inst = np.zeros(image.shape[:2], dtype=np.uint8)
+    for k in range(len(found), 0, -1):  # worst first, so better scores end on top
+        inst[found[k - 1]["mask"]] = k
+    records = [{"id": k + 1, "label": d["label"], "class": class_names[d["label"]], "score": round(d["score"], 5),
+                "box": [round(v, 2) for v in d["box"]], "area": int((inst == k + 1).sum())}
+               for k, d in enumerate(found)]
+    save_label_png(out / f"{image_id}.png", inst)
+    atomic_write_json(out / f"{image_id}.json", {"image": image_id, "instances": records})
+    if overlay:
+        with atomic_path(out / f"{image_id}_overlay.jpg") as tmp:
+            Image.fromarray(blend(image, inst)).save(tmp, format="JPEG", quality=90)
