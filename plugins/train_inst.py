@@ -45,7 +45,11 @@ class InstTrainSet:
         index, seed = key
         s = self.ds.load(index)
         hw = s.image.shape[:2]
-        if self.targets == "gt":
+        if self.targets == "gt" and hasattr(self.ds, "instance_masks"):
+            # a COCO dataset: masks from its JSON (box order); no void there, so S = every pixel
+            masks = np.asarray(self.ds.instance_masks(s.id, *hw)[0], dtype=bool)
+            region = None
+        elif self.targets == "gt":
             masks, region = gt_instance_targets(Path(self.ds.root) / OBJECT_DIR / f"{s.id}.png", len(s.labels), hw,
                                                 region=self.region)
         else:
@@ -88,6 +92,8 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
     from banacli.errors import ArtifactError, DataError
 
     if cfg.targets == "gt":
+        if hasattr(ds, "instance_masks"):  # COCO JSON holds the masks
+            return None, None
         for image_id in ds.ids:
             p = Path(ds.root) / OBJECT_DIR / f"{image_id}.png"
             if not p.is_file():
