@@ -161,6 +161,9 @@ def run(ctx: StageContext) -> None:
                 resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None, config_meta=meta,
             )
         seconds = time.perf_counter() - t0
+        from bana_plugins.train_cls import _gather, _state_digest
+
+        digests = _gather(_state_digest(model), info)  # DDP: every rank must end with the same weights
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             inputs = {"dataset": dataset_digest(ds)}
@@ -174,7 +177,7 @@ def run(ctx: StageContext) -> None:
                 metrics={"final_loss": final, "iterations": result.iteration, "resumed_from": result.resumed_from,
                          "seconds": round(seconds, 2)},
                 extra={"min_size": cfg.min_size, "max_size": cfg.max_size, "mask_region": cfg.mask_region,
-                       "targets": cfg.targets, "world_size": info.world,
+                       "targets": cfg.targets, "world_size": info.world, "rank_weight_sha256": digests,
                        "input": "RGB float 0..1, (3, H, W); the model normalises and resizes inside"},
             )
             ctx.info(f"train-inst: final loss {final:.4f}; wrote {out}")

@@ -4,6 +4,9 @@ exactly, and its model works with load_instance_model / predict_instances, predi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,3 +187,18 @@ def test_export_matches_pytorch(inst_data, app, tmp_path, fmt):
     np.testing.assert_allclose(boxes, ref["boxes"].numpy(), atol=1e-3)
     np.testing.assert_array_equal(labels, ref["labels"].numpy())
     np.testing.assert_allclose(masks, ref["masks"][:, 0].numpy(), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_identical_weights(inst_data, tmp_path):
+    run = tmp_path / "run"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29547", "-m", "banacli", "train-inst",
+           "--data", str(inst_data), "--run-dir", str(run), "--iterations", "2", "--device", "cpu",
+           "--targets", "gt", *TINY_INST]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    meta = json.loads((run / "inst" / "model.json").read_text())
+    assert meta["world_size"] == 2
+    digests = meta["rank_weight_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
