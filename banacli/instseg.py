@@ -206,15 +206,15 @@ class TinyBackbone(nn.Module):
         return {"0": self.body(x)}
 
 
-def _resnet50_fpn(weights: str | None) -> nn.Module:
+def _resnet50_fpn(weights: str | None, frozen_bn: bool) -> nn.Module:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops import FrozenBatchNorm2d
 
-    pretrained = weights is not None
-    # as torchvision does: frozen BN and the first stages frozen when starting from ImageNet
+    # as torchvision does: from pretrained weights, frozen batch norm and stages 2-4 trained;
+    # from random init, ordinary batch norm and everything trained
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None,
-                                   norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d,
-                                   trainable_layers=3 if pretrained else 5)
+                                   norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
+                                   trainable_layers=3 if frozen_bn else 5)
     if str(weights) == "imagenet":
         from banacli.models.backbones import download_imagenet_state
 
@@ -264,12 +264,14 @@ def build_mask_rcnn(
     min_size: int = 800,
     max_size: int = 1333,
     aligned: bool = True,
+    frozen_bn: bool | None = None,
 ) -> nn.Module:
     """torchvision ``MaskRCNN`` with :class:`RegionMaskRoIHeads`; ``num_classes`` counts the background.
 
     ``weights``: None (random init), ``"imagenet"`` (resnet50_fpn backbone: torchvision's ResNet-50,
     from the hub cache or downloaded; offline -> BanaError saying which file to fetch), or a local
-    file (a whole Mask R-CNN state dict, or a ResNet-50 one for resnet50_fpn).
+    file (a whole Mask R-CNN state dict, or a ResNet-50 one for resnet50_fpn). ``frozen_bn``
+    (resnet50_fpn): frozen batch norm; default: when starting from weights.
     """
     from torchvision.models.detection import MaskRCNN
 
@@ -277,6 +279,8 @@ def build_mask_rcnn(
         raise BanaError(f"unknown instance backbone {backbone!r}; choose one of {', '.join(INST_BACKBONES)}")
     if weights is not None and str(weights) in ("", "none", "null"):
         weights = None
+    if weights is not None and str(weights) != "imagenet" and not Path(weights).is_file():
+        raise BanaError(f"inst.weights: {weights} does not exist (use 'imagenet', a local .pth/.safetensors file, or null)")
     if backbone == "tiny":
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -298,8 +302,9 @@ def build_mask_rcnn(
             mask_predictor=MaskRCNNPredictor(32, 32, num_classes),
         )
     else:
-        model = MaskRCNN(_resnet50_fpn(weights if str(weights) == "imagenet" else None),
-                         num_classes=num_classes, min_size=min_size, max_size=max_size)
+        frozen = weights is not None if frozen_bn is None else frozen_bn
+        model = MaskRCNN(_resnet50_fpn(weights, frozen), num_classes=num_classes, min_size=min_size, max_size=max_size)
+        model.frozen_bn = frozen
     model.roi_heads = RegionMaskRoIHeads.from_roi_heads(model.roi_heads, aligned=aligned)
     model.transform = RegionTransform.from_transform(model.transform)
     if weights is not None and str(weights) != "imagenet":
@@ -389,7 +394,7 @@ def load_instance_model(run_dir: str | Path, device: str | torch.device = "cpu",
     if kind != ARCH_KIND or backbone not in INST_BACKBONES:
         raise ArtifactError(f"{path}: not a Mask R-CNN model (arch {meta.get('arch')!r})")
     tensors, meta = load_model(path, arch=meta["arch"], class_names=class_names)
-    model = build_mask_rcnn(backbone, int(meta["num_classes"]), weights=None,
+    model = build_mask_rcnn(backbone, int(meta["num_classes"]), weights=None, frozen_bn=bool(meta.get("frozen_bn", False)),
                             min_size=int(meta.get("min_size", 800)), max_size=int(meta.get("max_size", 1333)))
     try:
         model.load_state_dict(tensors)

@@ -178,6 +178,7 @@ def run(ctx: StageContext) -> None:
                          "seconds": round(seconds, 2)},
                 extra={"min_size": cfg.min_size, "max_size": cfg.max_size, "mask_region": cfg.mask_region,
                        "targets": cfg.targets, "world_size": info.world, "rank_weight_sha256": digests,
+                       "frozen_bn": bool(getattr(model, "frozen_bn", False)),
                        "input": "RGB float 0..1, (3, H, W); the model normalises and resizes inside"},
             )
             ctx.info(f"train-inst: final loss {final:.4f}; wrote {out}")
