@@ -118,3 +118,18 @@ def test_roi_heads_match_torchvision_when_every_cell_counts():
     assert c["loss_mask"].item() == 0.0
     c["loss_mask"].backward()
     assert all(p.grad is None or torch.all(p.grad == 0) for p in ours.mask_predictor.parameters())
+
+
+def test_transform_resizes_s_with_the_image_and_masks():
+    model = build_mask_rcnn("tiny", 3, min_size=64, max_size=64)
+    image = torch.rand(3, 32, 40)
+    mask = torch.zeros(1, 32, 40, dtype=torch.uint8)
+    mask[0, 4:20, 6:30] = 1
+    target = {"boxes": torch.tensor([[6.0, 4.0, 30.0, 20.0]]), "labels": torch.tensor([1]), "masks": mask,
+              "regions": mask[0].float()}
+    images, targets = model.transform([image], [target])
+    h, w = images.image_sizes[0]
+    assert (h, w) == (64, 64) or max(h, w) == 64
+    t = targets[0]
+    assert t["regions"].shape == t["masks"].shape[1:] == (h, w)
+    assert torch.equal(t["regions"].bool(), t["masks"][0].bool())  # S went where its pixels went
