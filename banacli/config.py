@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from banacli.errors import ConfigError
 
@@ -158,6 +158,49 @@ class SegConfig(_TrainCommon):
     iterations: int = Field(23805, gt=0, description="Number of SGD iterations.")
 
 
+class InstConfig(Section):
+    """``bana train-inst``: Mask R-CNN on the instance pseudo masks (paper Table 6)."""
+
+    backbone: Literal["resnet50_fpn", "tiny"] = Field("resnet50_fpn", description="Mask R-CNN backbone: resnet50_fpn (paper) or tiny (CPU tests and demos).")
+    weights: str | None = Field(
+        "imagenet",
+        description="Initialisation: 'imagenet' (torchvision ResNet-50, cache or download), a local "
+        "file (a ResNet-50 or a whole Mask R-CNN state dict), or null for random init.",
+    )
+    targets: Literal["pseudo", "gt"] = Field("pseudo", description="Mask targets: pseudo (from RUN/labels) or gt (SegmentationObject PNGs, for comparison).")
+    labels: str = Field("bana", description="Which labeler's outputs in RUN/labels give the pseudo masks (bana: Ycrf masks, S from Ycrf = Yret).")
+    mask_region: Literal["s", "all"] = Field("s", description="Mask loss on the region S only (paper) or on every pixel of the RoI.")
+    min_size: int = Field(800, ge=16, description="Images are resized so that the short side is this long.")
+    max_size: int = Field(1333, ge=16, description="... and the long side at most this long.")
+    flip: bool = Field(True, description="Random horizontal flips in training.")
+    iterations: int = Field(90000, gt=0, description="Number of SGD iterations.")
+    batch_size: int = Field(16, gt=0, description="Images per iteration (over all processes).")
+    lr: float = Field(0.02, gt=0, description="Base learning rate.")
+    lr_steps: list[int] = Field([60000, 80000], description="Divide the learning rate by 10 at each of these iterations.")
+    warmup: int = Field(1000, ge=0, description="Linear learning-rate warm-up over this many iterations (from lr/1000).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay.")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="bana predict --model inst: keep detections scoring at least this.")
+    seed: int = Field(0, description="Random seed for initialisation, sampling and augmentation.")
+    checkpoint_every: int = Field(1000, gt=0, description="Write a resumable checkpoint every K iterations.")
+    resume: bool = Field(False, description="Continue from the last checkpoint in the run directory.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    log_every: int = Field(10, gt=0, description="Record the loss every K iterations.")
+
+    @field_validator("lr_steps")
+    @classmethod
+    def _steps_increase(cls, v: list[int]) -> list[int]:
+        if any(s <= 0 for s in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("must be positive and increasing")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "InstConfig":
+        if self.max_size < self.min_size:
+            raise ValueError(f"inst.max_size ({self.max_size}) must be at least inst.min_size ({self.min_size})")
+        return self
+
+
 class EvalConfig(Section):
     split: str = Field("val", description="Split to evaluate.")
     what: Literal["seg", "labels", "instances"] = Field(
@@ -176,6 +219,7 @@ class EvalConfig(Section):
 
 class ExportConfig(Section):
     format: Literal["safetensors", "onnx", "torchscript"] = Field("onnx", description="Export format.")
+    model: Literal["seg", "inst"] = Field("seg", description="Which trained model: seg (RUN/seg, train-seg) or inst (RUN/inst, train-inst).")
     opset: int = Field(17, ge=11, description="ONNX opset version.")
     input_size: int = Field(321, ge=16, description="Side of the example input used for tracing.")
 
@@ -185,6 +229,7 @@ SECTIONS: dict[str, type[Section]] = {
     "cls": ClsConfig,
     "labels": LabelsConfig,
     "seg": SegConfig,
+    "inst": InstConfig,
     "eval": EvalConfig,
     "export": ExportConfig,
 }
