@@ -103,7 +103,10 @@ class ClsConfig(_TrainCommon):
         "imagenet or a torchvision name (IMAGENET1K_V1, DEFAULT, VGG16_Weights.IMAGENET1K_V1; "
         "needs a download or cache), a local weights file, or none/null for random init.",
     )
-    pooling: Literal["bap", "gap"] = Field("bap", description="Background-aware pooling or global average pooling (ablation).")
+    pooling: Literal["bap", "gap", "gap-paper"] = Field(
+        "bap", description="bap: background-aware pooling; gap: A = 0 but background cells kept as class-0 samples "
+        "(bana's ablation); gap-paper: the paper's GAP baseline, A = 0 and no background samples."
+    )
     grid_size: int = Field(4, gt=0, description="N: background queries from an N x N grid of cells (Eq. 1).")
     roi_size: int = Field(2, gt=0, description="R: each box pooled into R x R weighted bins.")
     bg_fallback: float = Field(
