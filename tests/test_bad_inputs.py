@@ -265,6 +265,19 @@ def test_6_second_process_on_the_same_stage_is_refused_naming_the_first(voc, tmp
     assert res.exit_code == 0, res.output
 
 
+def test_6_shards_lock_separately_and_one_shard_only_once(tmp_path):
+    """--shard K/N processes share the run on purpose: each shard has its own lock."""
+    import pytest
+
+    from banacli.lock import RunLockedError, stage_lock
+
+    with stage_lock(tmp_path, "gen-labels", "1/2") as one, stage_lock(tmp_path, "gen-labels", "2/2") as two:
+        assert one != two
+        with pytest.raises(RunLockedError, match="another bana gen-labels"):
+            with stage_lock(tmp_path, "gen-labels", "1/2"):
+                pass
+
+
 # ----------------------------------------------------------------------------- 7: markup
 
 
