@@ -44,10 +44,10 @@ class DataConfig(Section):
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
     max_side: int | None = Field(
-        1000, ge=64,
+        800, ge=64,
         description="Images whose longer side exceeds this are processed shrunk to it (labels and "
         "masks are still written at full size); bounds memory on photos. VOC images are at most "
-        "500 px, so the default leaves them untouched. null: never shrink.",
+        "500 px and COCO's 640, so the default leaves them untouched. null: never shrink.",
     )
     format: Literal["auto", "voc", "coco"] = Field(
         "auto",

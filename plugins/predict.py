@@ -72,6 +72,15 @@ def refine(image: np.ndarray, probs: np.ndarray, params: Any) -> np.ndarray:
     return dense_crf(image, probs, params).argmax(0).astype(np.uint8)
 
 
+def overlay_in_rows(image: np.ndarray, mask: np.ndarray, blend, rows: int = 256) -> np.ndarray:
+    """``blend(image, mask)`` computed a band of rows at a time: the same pixels (the blend is
+    per pixel) without float copies of a whole 12-megapixel photo."""
+    out = np.empty_like(image)
+    for r in range(0, image.shape[0], rows):
+        out[r : r + rows] = blend(image[r : r + rows], mask[r : r + rows])
+    return out
+
+
 def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool,
                   full: np.ndarray | None = None) -> None:
     """OUT/ID.png and OUT/ID_overlay.jpg. ``full``: the full-size image when ``image`` was shrunk;
@@ -88,7 +97,7 @@ def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray,
     save_label_png(out / f"{image_id}.png", mask)
     if with_overlay:
         with atomic_path(out / f"{image_id}{OVERLAY_SUFFIX}") as tmp:
-            Image.fromarray(overlay(image, mask)).save(tmp, format="JPEG", quality=90)
+            Image.fromarray(overlay_in_rows(image, mask, overlay)).save(tmp, format="JPEG", quality=90)
 
 
 def run(ctx: StageContext) -> None:

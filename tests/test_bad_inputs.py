@@ -431,3 +431,13 @@ def test_16_an_edited_normalization_in_the_sidecar_is_caught(tmp_path):
     assert res.exit_code == 1
     error_line(res, "model.json", "normalization edited after the model was saved")
     assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_1_overlay_in_bands_equals_the_whole_overlay():
+    from banacli.data.palette import overlay
+    from plugins.predict import overlay_in_rows
+
+    image = random_image(70, 40, 1)
+    mask = np.random.default_rng(2).integers(0, 4, (70, 40)).astype(np.uint8)
+    mask[0, 0] = 255
+    assert np.array_equal(overlay_in_rows(image, mask, overlay, rows=16), overlay(image, mask))
