@@ -338,7 +338,7 @@ def test_11_duplicate_ids_are_used_once_with_a_warning(voc, tmp_path):
     assert res.exit_code == 0, res.output
     text = res.output.replace("\n", "")
     assert f"id '{ids[1]}' is listed twice (lines 2 and 5)" in text and "used once" in text
-    assert "on 4 images" in text
+    assert "on 4 of 4 images" in text  # the duplicate counted once
     report = json.loads((run / "labels" / "box.report.json").read_text())
     assert report["images"] == 4
 
