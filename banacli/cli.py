@@ -129,7 +129,7 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
                            run_dir=Path(run_dir) if run_dir else None, device=device,
                            quiet=bool(values.get("quiet")) or not main_rank, console=_err)
         if ctx.run_dir is not None and main_rank and stage.locks_run:
-            held.enter_context(stage_lock(ctx.stage_dir, stage.name))  # one process per stage and run
+            held.enter_context(stage_lock(ctx.stage_dir, stage.name, getattr(ctx.section, "shard", None)))  # one process per stage and run
         handler = setup_stage_logging(ctx) if main_rank else None
         try:
             if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):

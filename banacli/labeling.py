@@ -61,7 +61,9 @@ __all__ = [
 ]
 
 FEATURE_BATCH = 8  # images of one size per forward pass when features are computed in this process
-MANIFEST_KEYS = ("method", "split", "params", "classifier_sha256", "dataset", "outputs")
+MANIFEST_KEYS = ("method", "split", "params", "classifier_sha256", "dataset", "outputs", "max_side")
+# keys a manifest written by an earlier bana may lack: compared only when the old one has them
+LATER_MANIFEST_KEYS = ("max_side",)
 NOT_LABEL_PARAMS = ("shard", "features")  # how the work is spread; never changes a label
 
 
@@ -239,7 +241,7 @@ def label_image(task: ImageTask, setup: WorkerSetup) -> str:
     _prepare_worker(setup)
     s = task.sample
     lt = LabelTask(image_id=s.id, image=s.image, boxes=s.boxes, labels=s.labels, params=setup.params,
-                   viz=task.viz)
+                   viz=task.viz, ignore=s.ignore)
     if setup.labeler.needs_classifier:
         if task.feats is not None:
             lt.feats, lt.weight = task.feats, setup.weight
@@ -297,7 +299,8 @@ def _check_manifest(path: Path, manifest: dict[str, Any], force: bool) -> bool:
         old = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         old = {}
-    differs = [k for k in MANIFEST_KEYS if old.get(k) != manifest.get(k)]
+    differs = [k for k in MANIFEST_KEYS
+               if (k in old or k not in LATER_MANIFEST_KEYS) and old.get(k) != manifest.get(k)]
     if not differs:
         return True
     if force:
@@ -409,7 +412,7 @@ def label_split(ctx) -> LabelRun:
 
     from banacli.artifacts import remove_stale_temp_files
     from banacli.cores import available_cores, threads_per_worker
-    from banacli.data.voc import check_image, find_image
+    from banacli.data.voc import check_image
     from banacli.labelers import get_labeler
     from banacli.runs import dataset_digest, open_dataset
 
@@ -440,6 +443,7 @@ def label_split(ctx) -> LabelRun:
         "method": labeler.name, "split": split, "params": params,
         "classifier_sha256": meta["weights_sha256"] if meta else None,
         "dataset": dataset_digest(ds), "outputs": list(labeler.outputs),
+        "max_side": ctx.config.data.max_side,  # images above it are labelled shrunk: another cap, other labels
     }
     out_root.mkdir(parents=True, exist_ok=True)
     keep = _decide_manifest(out_root / f"{labeler.name}.manifest.json", manifest, cfg.force, rank, world)
@@ -460,7 +464,7 @@ def label_split(ctx) -> LabelRun:
 
     sizes = {}
     for i in mine:  # every image of this part is readable before any work starts
-        w, h = check_image(find_image(ds.root, ds.ids[i]))
+        w, h = check_image(ds.image_path(ds.ids[i]))
         sizes[i] = (h, w)
 
     def needs_work(i: int) -> bool:

@@ -6,7 +6,7 @@ with one line naming the first one's pid. Different stages of one run may still 
 side (``train-cls`` while ``predict`` reads another stage's model). The lock is held on an
 open file descriptor, so the kernel drops it when the process dies, even by ``kill -9``: a stale
 lock file never blocks a later run. Under torchrun only rank 0 takes the lock (the ranks of one
-job share the stage on purpose). ``fcntl`` locks are advisory and per host; on NFS they depend
+job share the stage on purpose); each gen-labels ``--shard K/N`` takes its own. ``fcntl`` locks are advisory and per host; on NFS they depend
 on the server's lock support.
 """
 
@@ -27,13 +27,15 @@ class RunLockedError(BanaError):
 
 
 @contextlib.contextmanager
-def stage_lock(stage_dir: Path, stage_name: str) -> Iterator[Path]:
-    """Hold ``stage_dir/.lock`` for the block; RunLockedError when another process holds it."""
+def stage_lock(stage_dir: Path, stage_name: str, part: str | None = None) -> Iterator[Path]:
+    """Hold ``stage_dir/.lock`` for the block; RunLockedError when another process holds it.
+    ``part`` (gen-labels ``--shard K/N``) gives each shard its own lock, ``.lock-K-of-N``: the
+    shards of one split share the run directory on purpose, two copies of one shard may not."""
     import fcntl
 
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    path = stage_dir / LOCK_NAME
+    path = stage_dir / (LOCK_NAME if not part else f"{LOCK_NAME}-{part.replace('/', '-of-')}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:

@@ -16,10 +16,13 @@ from banacli.data.voc import VOCDataset, annotation_path, read_annotation_bytes,
 
 
 def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
-    """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error."""
+    """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error
+    and data.format (a VOCDataset or a COCODataset: same interface)."""
+    from banacli.data.coco import open_data
+
     data = ctx.config.data
-    ds = VOCDataset(ctx.data_root, split or data.train_split, data.classes, with_gt=with_gt,
-                    on_error=data.on_error, max_side=data.max_side, notify=ctx.info)
+    ds = open_data(ctx.data_root, split or data.train_split, data, with_gt=with_gt, max_side=data.max_side,
+                   notify=ctx.info)
     for note in ds.notes:
         ctx.info(note)
     if ds.skipped:
@@ -29,6 +32,8 @@ def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCD
 
 def dataset_digest(ds: VOCDataset) -> str:
     """sha256 over the split file and the annotations of the images used: the input's identity."""
+    if hasattr(ds, "digest"):
+        return ds.digest()
     h = hashlib.sha256()
     h.update(split_path(ds.root, ds.split).read_bytes())
     for image_id in ds.ids:

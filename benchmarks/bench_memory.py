@@ -177,7 +177,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sizes")
     s.add_argument("--sizes", default="500x375,2000x1500,4000x3000")
-    s.add_argument("--max-side", default="1000", help="data.max_side for the runs ('null': no cap)")
+    s.add_argument("--max-side", default="800", help="data.max_side for the runs ('null': no cap)")
     s.add_argument("--out", type=Path)
     k = sub.add_parser("soak")
     k.add_argument("--images", type=int, default=2000)

@@ -15,7 +15,7 @@ scaled back to the image's size by nearest neighbour; a line says so. With
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -34,6 +34,9 @@ class PredictConfig(Section):
     flip: bool = Field(False, description="Average with the horizontally flipped image.")
     workers: int = Field(1, ge=1, description="Worker processes for DenseCRF.")
     overlay: bool = Field(True, description="Also write ID_overlay.jpg (class colours over the image).")
+    model: Literal["seg", "inst"] = Field(
+        "seg", description="seg: class masks from RUN/seg; inst: instances from the Mask R-CNN in RUN/inst "
+        "(ID.png instance map, ID.json boxes/classes/scores, threshold inst.score_threshold).")
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -69,6 +72,15 @@ def refine(image: np.ndarray, probs: np.ndarray, params: Any) -> np.ndarray:
     return dense_crf(image, probs, params).argmax(0).astype(np.uint8)
 
 
+def overlay_in_rows(image: np.ndarray, mask: np.ndarray, blend, rows: int = 256) -> np.ndarray:
+    """``blend(image, mask)`` computed a band of rows at a time: the same pixels (the blend is
+    per pixel) without float copies of a whole 12-megapixel photo."""
+    out = np.empty_like(image)
+    for r in range(0, image.shape[0], rows):
+        out[r : r + rows] = blend(image[r : r + rows], mask[r : r + rows])
+    return out
+
+
 def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool,
                   full: np.ndarray | None = None) -> None:
     """OUT/ID.png and OUT/ID_overlay.jpg. ``full``: the full-size image when ``image`` was shrunk;
@@ -85,7 +97,7 @@ def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray,
     save_label_png(out / f"{image_id}.png", mask)
     if with_overlay:
         with atomic_path(out / f"{image_id}{OVERLAY_SUFFIX}") as tmp:
-            Image.fromarray(overlay(image, mask)).save(tmp, format="JPEG", quality=90)
+            Image.fromarray(overlay_in_rows(image, mask, overlay)).save(tmp, format="JPEG", quality=90)
 
 
 def run(ctx: StageContext) -> None:
@@ -110,6 +122,8 @@ def run(ctx: StageContext) -> None:
         raise ConfigError(f"eval.scales must be positive numbers, got {ev.scales}")
     files = expand_inputs(cfg.inputs)
     device = ctx.torch_device()
+    if cfg.model == "inst":
+        return run_instances(ctx, files, device)
     model, meta = load_segmenter(model_path(ctx.run_dir, "seg"), device=device)
     norm = meta["normalization"]
     out = Path(cfg.out)
@@ -160,6 +174,36 @@ def run(ctx: StageContext) -> None:
     ctx.info(f"predict: wrote {written} mask{'s' if written != 1 else ''} to {out}{note}")
     for reason in skipped:  # every skipped file by name, one a line
         ctx.info(f"  skipped {reason}")
+
+
+def run_instances(ctx: StageContext, files: list[Path], device) -> None:
+    """``--model inst``: Mask R-CNN instances per image (see banacli.instseg.write_instance_prediction)."""
+    from banacli.data.voc import read_image
+    from banacli.errors import DataError
+    from banacli.instseg import load_instance_model, predict_instances, write_instance_prediction
+
+    cfg: PredictConfig = ctx.section
+    model, meta = load_instance_model(ctx.run_dir, device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped, written, found = [], 0, 0
+    with ctx.progress() as prog:
+        task = prog.add_task("predict", total=len(files), status="")
+        for f in files:
+            try:
+                image = read_image(f)
+            except DataError as exc:
+                if ctx.config.data.on_error != "skip":
+                    raise
+                skipped.append(str(exc))
+                prog.advance(task)
+                continue
+            inst = predict_instances(model, image, score_threshold=ctx.config.inst.score_threshold)
+            write_instance_prediction(out, f.stem, image, inst, meta["class_names"], overlay=cfg.overlay)
+            written, found = written + 1, found + len(inst)
+            prog.advance(task)
+    note = f"; skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
+    ctx.info(f"predict: {found} instances in {written} image{'s' if written != 1 else ''} written to {out}{note}")
 
 
 def _refine_and_write(out: Path, image_id: str, image: np.ndarray, probs: np.ndarray, params: Any,

@@ -23,9 +23,12 @@ class _ClsTrainSet:
 
         index, seed = key
         s = self.ds.load(index)
+        masks = {} if s.ignore is None else {"ignore": s.ignore.astype("uint8")}  # COCO crowd regions
         with seeded(seed):
-            out = self.augment(s.image, s.boxes, s.labels, {})
+            out = self.augment(s.image, s.boxes, s.labels, masks)
         out["bg"] = definite_background_tensor(out["boxes"], out["valid"])
+        if "ignore" in out:
+            out["bg"] &= out.pop("ignore") != 1
         return out
 
 
@@ -86,7 +89,6 @@ def run(ctx: StageContext) -> None:
 
         if info.is_main:
             warn_no_background(ctx, ds, cfg.bg_fallback)
-
         validate = _cls_validator(ctx, model, norm, info) if cfg.val_every else None
 
         ctx.info(f"train-cls: {len(ds)} images, {len(ds.classes)} classes, backbone {cfg.backbone}, "

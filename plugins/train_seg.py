@@ -122,6 +122,10 @@ def run(ctx: StageContext) -> None:
         crf_dir, ret_dir = label_root / crf_name, label_root / ret_name
         check_labels(ds, [crf_dir, ret_dir], read_skipped(label_root, cfg.labels))
         gt_ids: set[str] = set()
+        if data.gt_split and getattr(ds, "format", "voc") == "coco":
+            from banacli.errors import ConfigError
+
+            raise ConfigError("data.gt_split: the semi-supervised setting needs VOC data (ImageSets/Segmentation)")
         if data.gt_split:
             gt_ids = set(read_split(ctx.data_root, data.gt_split)) & set(ds.ids)
             for image_id in sorted(gt_ids):

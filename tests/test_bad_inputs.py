@@ -265,6 +265,19 @@ def test_6_second_process_on_the_same_stage_is_refused_naming_the_first(voc, tmp
     assert res.exit_code == 0, res.output
 
 
+def test_6_shards_lock_separately_and_one_shard_only_once(tmp_path):
+    """--shard K/N processes share the run on purpose: each shard has its own lock."""
+    import pytest
+
+    from banacli.lock import RunLockedError, stage_lock
+
+    with stage_lock(tmp_path, "gen-labels", "1/2") as one, stage_lock(tmp_path, "gen-labels", "2/2") as two:
+        assert one != two
+        with pytest.raises(RunLockedError, match="another bana gen-labels"):
+            with stage_lock(tmp_path, "gen-labels", "1/2"):
+                pass
+
+
 # ----------------------------------------------------------------------------- 7: markup
 
 
@@ -325,7 +338,7 @@ def test_11_duplicate_ids_are_used_once_with_a_warning(voc, tmp_path):
     assert res.exit_code == 0, res.output
     text = res.output.replace("\n", "")
     assert f"id '{ids[1]}' is listed twice (lines 2 and 5)" in text and "used once" in text
-    assert "on 4 images" in text
+    assert "on 4 of 4 images" in text  # the duplicate counted once
     report = json.loads((run / "labels" / "box.report.json").read_text())
     assert report["images"] == 4
 
@@ -418,3 +431,13 @@ def test_16_an_edited_normalization_in_the_sidecar_is_caught(tmp_path):
     assert res.exit_code == 1
     error_line(res, "model.json", "normalization edited after the model was saved")
     assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_1_overlay_in_bands_equals_the_whole_overlay():
+    from banacli.data.palette import overlay
+    from plugins.predict import overlay_in_rows
+
+    image = random_image(70, 40, 1)
+    mask = np.random.default_rng(2).integers(0, 4, (70, 40)).astype(np.uint8)
+    mask[0, 0] = 255
+    assert np.array_equal(overlay_in_rows(image, mask, overlay, rows=16), overlay(image, mask))

@@ -187,6 +187,9 @@ class Sample:
     gt: np.ndarray | None = None  # (H, W) uint8, 0 background, 1..L, 255 void
     difficult: np.ndarray | None = None  # (K,) bool, VOC's <difficult> flag
     orig_hw: tuple[int, int] | None = None  # (H, W) of the file; differs from image's when reduced
+    #: (H, W) bool or None: pixels that are neither objects to label nor definite background
+    #: (COCO ``iscrowd`` regions, see banacli/data/coco.py); VOC samples have None.
+    ignore: np.ndarray | None = None
 
     @property
     def reduced(self) -> bool:
@@ -202,8 +205,9 @@ class Sample:
         return int(self.image.shape[1])
 
     def background(self) -> np.ndarray:
-        """The definite-background mask M of this sample, (H, W) bool."""
-        return definite_background(self.boxes, self.height, self.width)
+        """The definite-background mask M of this sample, (H, W) bool (ignored pixels excluded)."""
+        m = definite_background(self.boxes, self.height, self.width)
+        return m if self.ignore is None else m & ~self.ignore
 
 
 def box_pixel_ranges(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -523,6 +527,7 @@ def shrink_sample(sample: Sample, max_side: int | None) -> Sample:
         id=sample.id, image=shrink_image(sample.image, (nh, nw)), boxes=boxes, labels=sample.labels,
         gt=None if sample.gt is None else resize_label(sample.gt, (nh, nw)), difficult=sample.difficult,
         orig_hw=sample.orig_hw or (h, w),
+        ignore=None if sample.ignore is None else resize_label(sample.ignore, (nh, nw)),
     )
 
 
@@ -605,10 +610,21 @@ class VOCDataset:
         else:
             self.ids = list(self.all_ids)
 
+    format = "voc"
+
     @property
     def class_names(self) -> list[str]:
         """Names of all label ids, background first: ``["background", *classes]``."""
         return ["background", *self.classes]
+
+    def image_path(self, image_id: str) -> Path:
+        return find_image(self.root, image_id)
+
+    def box_labels(self, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (clipped to ``width`` x ``height``) and labels of item ``index`` without decoding its image."""
+        image_id = self.ids[index]
+        ann = self._annotations.get(image_id) or parse_annotation(annotation_path(self.root, image_id), self.class_ids)
+        return clip_boxes(ann.boxes, width, height, annotation_path(self.root, image_id)), ann.labels.copy()
 
     def _check(self, image_id: str, how: str) -> Annotation:
         xml = annotation_path(self.root, image_id)
