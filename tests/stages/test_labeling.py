@@ -214,3 +214,36 @@ def test_pictures_have_gt_column_legend_and_a_cam_per_class(tiny_data, cls_run, 
     no_gt = panel(s.image, s.boxes, s.labels, maps={"CAM:1": np.zeros(s.image.shape[:2])},
                   label_maps={"Ycrf": np.zeros(s.image.shape[:2], np.uint8)}, class_names=ds.class_names)
     assert no_gt.shape[1] == 3 * tile_w
+
+
+def test_box_convention_authors_from_the_cli(tiny_data, cls_run, tmp_path, app):
+    default = _copy(cls_run, tmp_path / "default")
+    assert invoke(app, ["gen-labels", "--data", tiny_data, "--run", default, "-q"]).exit_code == 0
+    # the default leaves the manifest as before the key existed (older runs stay valid)
+    assert "box_convention" not in json.loads((default / "labels" / "bana.manifest.json").read_text())["params"]
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", default, "--box-convention", "authors", "-q"])
+    assert res.exit_code == 1 and "different params" in res.output
+    run = _copy(cls_run, tmp_path / "authors")
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--box-convention", "authors", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "labels" / "bana.manifest.json").read_text())["params"]["box_convention"] == "authors"
+    # a class appears only inside the authors' extents of its boxes (first row/column excluded)
+    from banacli.data.palette import load_label_png
+    from banacli.data.voc import VOCDataset
+    from banacli.ops.pseudo import authors_extents
+
+    ds = VOCDataset(tiny_data, "train")
+    stripped = 0
+    for i in range(len(ds)):
+        s = ds.load(i)
+        ext = authors_extents(s.boxes, s.height, s.width)
+        for name in ("Ycrf", "Yret"):
+            lab = load_label_png(run / "labels" / name / f"{s.id}.png")
+            for c in np.unique(s.labels):
+                own = np.zeros(lab.shape, bool)
+                for (x0, y0, x1, y1), k in zip(ext, s.labels):
+                    if k == c:
+                        own[y0:y1, x0:x1] = True
+                assert not (lab[~own] == c).any(), (s.id, name, c)
+        stripped += sum(int(x0 > np.floor(b[0])) for (x0, *_), b in zip(ext, s.boxes))
+    assert stripped > 0  # the boxes did lose their first column
