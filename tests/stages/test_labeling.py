@@ -122,6 +122,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _is_loky_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"loky" in cmd and b"resource_tracker" not in cmd
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -141,18 +149,16 @@ def test_workers_exit_when_the_parent_is_killed(tiny_data, cls_run, tmp_path):
         deadline = time.time() + 120
         workers: list[int] = []
         while time.time() < deadline:
-            # loky's worker processes are (grand)children of the main process
-            kids = _children(proc.pid)
-            workers = [w for k in kids for w in [k, *_children(k)] if w != proc.pid]
-            busy = list((run / "labels").glob("*.manifest.json"))
-            if busy and len(workers) >= 2:
+            # loky's worker processes (not its resource tracker) are children of the main process
+            workers = [k for k in _children(proc.pid) if _is_loky_worker(k)]
+            busy = list((run / "labels" / "Yret").glob("*.png")) if (run / "labels" / "Yret").is_dir() else []
+            if busy and len(workers) >= 2:  # the workers hold tasks: they are labelling
                 break
             time.sleep(0.2)
         assert len(workers) >= 2, "workers did not start"
-        time.sleep(1.0)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 15
+        deadline = time.time() + 30
         while time.time() < deadline and any(_alive(w) for w in workers):
             time.sleep(0.2)
         assert not any(_alive(w) for w in workers), [w for w in workers if _alive(w)]
