@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from banacli.errors import ConfigError
 
@@ -43,6 +43,33 @@ class DataConfig(Section):
         "one error line; 'skip' leaves the image out and counts it in a summary.",
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
+    max_side: int | None = Field(
+        800, ge=64,
+        description="Images whose longer side exceeds this are processed shrunk to it (labels and "
+        "masks are still written at full size); bounds memory on photos. VOC images are at most "
+        "500 px and COCO's 640, so the default leaves them untouched. null: never shrink.",
+    )
+    format: Literal["auto", "voc", "coco"] = Field(
+        "auto",
+        description="Dataset layout: voc, coco (ROOT/annotations/instances_SPLIT.json + ROOT/SPLIT/), or auto "
+        "(coco when data.annotations is set or ROOT/annotations/instances_*.json exists without ROOT/JPEGImages/).",
+    )
+    annotations: str | None = Field(
+        None,
+        description="COCO: the instances JSON, '{split}' replaced by the split; relative to ROOT unless absolute "
+        "(default annotations/instances_{split}.json).",
+    )
+    images: str | None = Field(
+        None, description="COCO: the image folder, '{split}' replaced by the split; relative to ROOT unless "
+        "absolute (default {split}).",
+    )
+
+    @field_validator("annotations", "images")
+    @classmethod
+    def _nonempty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path (or null)")
+        return v
 
 
 class _TrainCommon(Section):
@@ -56,7 +83,14 @@ class _TrainCommon(Section):
     checkpoint_every: int = Field(1000, gt=0, description="Write a resumable checkpoint every K iterations.")
     resume: bool = Field(False, description="Continue from the last checkpoint in the run directory.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
-    log_every: int = Field(10, gt=0, description="Record the loss every K iterations.")
+    log_every: int = Field(10, gt=0, description="Every K iterations: a row in loss.csv and a progress line (iteration, "
+                           "loss, lr, images/s, ETA) in the stage log, and on stderr when it is not a terminal.")
+    force: bool = Field(False, description="Start again from iteration 0 although a checkpoint exists (without --resume "
+                        "an existing checkpoint is otherwise refused).")
+    val_every: int = Field(0, ge=0, description="Validate on data.val_split every K iterations and at the end "
+                           "(seg: single-scale mIoU, keeps best.safetensors; cls: box accuracy and mAP); 0 = off.")
+    tensorboard: bool = Field(False, description="Also write the logged numbers for TensorBoard to RUN/<section>/tb "
+                              "(pip install 'bana[tensorboard]').")
 
 
 class ClsConfig(_TrainCommon):
@@ -64,11 +98,15 @@ class ClsConfig(_TrainCommon):
         "vgg16", description="Feature extractor: vgg16 (paper), resnet50/101 (dilated), tiny (CPU demos)."
     )
     weights: str | None = Field(
-        "imagenet",
-        description="Backbone initialisation: 'imagenet' (torchvision, needs a download or cache), "
-        "a local weights file, or null for random init.",
+        "auto",
+        description="Backbone initialisation: auto (ImageNet for vgg16/resnet, random for tiny), "
+        "imagenet or a torchvision name (IMAGENET1K_V1, DEFAULT, VGG16_Weights.IMAGENET1K_V1; "
+        "needs a download or cache), a local weights file, or none/null for random init.",
     )
-    pooling: Literal["bap", "gap"] = Field("bap", description="Background-aware pooling or global average pooling (ablation).")
+    pooling: Literal["bap", "gap", "gap-paper"] = Field(
+        "bap", description="bap: background-aware pooling; gap: A = 0 but background cells kept as class-0 samples "
+        "(bana's ablation); gap-paper: the paper's GAP baseline, A = 0 and no background samples."
+    )
     grid_size: int = Field(4, gt=0, description="N: background queries from an N x N grid of cells (Eq. 1).")
     roi_size: int = Field(2, gt=0, description="R: each box pooled into R x R weighted bins.")
     bg_fallback: float = Field(
@@ -108,7 +146,9 @@ class LabelsConfig(Section):
 
 class SegConfig(_TrainCommon):
     model: Literal["largefov", "aspp", "tiny"] = Field("largefov", description="DeepLab-V1 LargeFOV (VGG-16), DeepLab-V2 ASPP (ResNet-101), or tiny (CPU).")
-    weights: str | None = Field("imagenet", description="Backbone initialisation: 'imagenet', a local weights file, or null.")
+    weights: str | None = Field(
+        "auto", description="Backbone initialisation: auto (ImageNet for largefov/aspp, random for tiny), imagenet "
+        "or a torchvision name, a local weights file (e.g. RUN/cls/model.safetensors), or none/null.")
     loss: Literal["nal", "ce", "ycrf", "yret", "entropy", "bootstrap"] = Field(
         "nal", description="nal (paper), ce (ignore ~S), ycrf / yret (plain CE on one label set), entropy, bootstrap."
     )
@@ -121,10 +161,57 @@ class SegConfig(_TrainCommon):
     iterations: int = Field(23805, gt=0, description="Number of SGD iterations.")
 
 
+class InstConfig(Section):
+    """``bana train-inst``: Mask R-CNN on the instance pseudo masks (paper Table 6)."""
+
+    backbone: Literal["resnet50_fpn", "tiny"] = Field("resnet50_fpn", description="Mask R-CNN backbone: resnet50_fpn (paper) or tiny (CPU tests and demos).")
+    weights: str | None = Field(
+        "imagenet",
+        description="Initialisation: 'imagenet' (torchvision ResNet-50, cache or download), a local "
+        "file (a ResNet-50 or a whole Mask R-CNN state dict), or null for random init.",
+    )
+    targets: Literal["pseudo", "gt"] = Field("pseudo", description="Mask targets: pseudo (from RUN/labels) or gt (SegmentationObject PNGs, for comparison).")
+    labels: str = Field("bana", description="Which labeler's outputs in RUN/labels give the pseudo masks (bana: Ycrf masks, S from Ycrf = Yret).")
+    mask_region: Literal["s", "all"] = Field("s", description="Mask loss on the region S only (paper) or on every pixel of the RoI.")
+    min_size: int = Field(800, ge=16, description="Images are resized so that the short side is this long.")
+    max_size: int = Field(1333, ge=16, description="... and the long side at most this long.")
+    flip: bool = Field(True, description="Random horizontal flips in training.")
+    iterations: int = Field(90000, gt=0, description="Number of SGD iterations.")
+    batch_size: int = Field(16, gt=0, description="Images per iteration (over all processes).")
+    lr: float = Field(0.02, gt=0, description="Base learning rate.")
+    lr_steps: list[int] = Field([60000, 80000], description="Divide the learning rate by 10 at each of these iterations.")
+    warmup: int = Field(1000, ge=0, description="Linear learning-rate warm-up over this many iterations (from lr/1000).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0, description="SGD weight decay.")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="bana predict --model inst: keep detections scoring at least this.")
+    seed: int = Field(0, description="Random seed for initialisation, sampling and augmentation.")
+    checkpoint_every: int = Field(1000, gt=0, description="Write a resumable checkpoint every K iterations.")
+    resume: bool = Field(False, description="Continue from the last checkpoint in the run directory.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    log_every: int = Field(10, gt=0, description="Record the loss every K iterations.")
+
+    @field_validator("lr_steps")
+    @classmethod
+    def _steps_increase(cls, v: list[int]) -> list[int]:
+        if any(s <= 0 for s in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("must be positive and increasing")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "InstConfig":
+        if self.max_size < self.min_size:
+            raise ValueError(f"inst.max_size ({self.max_size}) must be at least inst.min_size ({self.min_size})")
+        return self
+
+
 class EvalConfig(Section):
     split: str = Field("val", description="Split to evaluate.")
-    what: Literal["seg", "labels"] = Field("seg", description="Evaluate the segmentation model or the pseudo labels.")
-    labels: Literal["ycrf", "yret", "box", "grabcut"] = Field("ycrf", description="With --what labels: which pseudo labels.")
+    what: Literal["seg", "labels", "instances"] = Field(
+        "seg", description="Evaluate the segmentation model, the pseudo labels (mIoU), or instance masks (COCO mask AP).")
+    labels: Literal["ycrf", "yret", "box", "grabcut"] = Field("ycrf", description="With --what labels or instances: which pseudo labels.")
+    instances: Literal["labels", "model", "box"] = Field(
+        "labels", description="With --what instances: the pseudo instance masks of RUN/labels (eval.labels picks the set), "
+        "the instance model of RUN (bana train-inst), or each box as its mask.")
     ms: bool = Field(True, description="Multi-scale inference over eval.scales.")
     scales: list[float] = Field([1.0, 0.5, 0.75, 1.5], description="Scales averaged in multi-scale inference.")
     flip: bool = Field(True, description="Average with horizontally flipped inputs.")
@@ -135,6 +222,7 @@ class EvalConfig(Section):
 
 class ExportConfig(Section):
     format: Literal["safetensors", "onnx", "torchscript"] = Field("onnx", description="Export format.")
+    model: Literal["seg", "inst"] = Field("seg", description="Which trained model: seg (RUN/seg, train-seg) or inst (RUN/inst, train-inst).")
     opset: int = Field(17, ge=11, description="ONNX opset version.")
     input_size: int = Field(321, ge=16, description="Side of the example input used for tracing.")
 
@@ -144,6 +232,7 @@ SECTIONS: dict[str, type[Section]] = {
     "cls": ClsConfig,
     "labels": LabelsConfig,
     "seg": SegConfig,
+    "inst": InstConfig,
     "eval": EvalConfig,
     "export": ExportConfig,
 }
@@ -191,7 +280,9 @@ def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the config as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

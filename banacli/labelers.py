@@ -37,6 +37,8 @@ class LabelTask:
     feats: np.ndarray | None = None
     weight: np.ndarray | None = None
     viz: bool = False
+    orig_hw: tuple[int, int] | None = None  # the file's (H, W) when the image was shrunk (data.max_side)
+    ignore: np.ndarray | None = None  # (H, W) bool: COCO crowd regions (no background query; 255 in labels)
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ def _label_bana(task: LabelTask) -> dict[str, Any]:
                       pos_xy=p["crf_pos_xy"], iterations=p["crf_iterations"]),
         box_convention=p.get("box_convention", "voc"),
     )
-    out = generate_pseudo_labels(task.image, task.feats, task.weight, task.boxes, task.labels, params)
+    out = generate_pseudo_labels(task.image, task.feats, task.weight, task.boxes, task.labels, params,
+                                 ignore=task.ignore)
     result: dict[str, Any] = {"Ycrf": out.ycrf, "Yret": out.yret}
     if task.viz:
         # one CAM panel per class of the boxes, keyed "CAM:<class id>" (pictures name the class)

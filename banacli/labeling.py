@@ -61,7 +61,9 @@ __all__ = [
 ]
 
 FEATURE_BATCH = 8  # images of one size per forward pass when features are computed in this process
-MANIFEST_KEYS = ("method", "split", "params", "classifier_sha256", "dataset", "outputs")
+MANIFEST_KEYS = ("method", "split", "params", "classifier_sha256", "dataset", "outputs", "max_side")
+# keys a manifest written by an earlier bana may lack: compared only when the old one has them
+LATER_MANIFEST_KEYS = ("max_side",)
 NOT_LABEL_PARAMS = ("shard", "features")  # how the work is spread; never changes a label
 
 
@@ -239,7 +241,7 @@ def label_image(task: ImageTask, setup: WorkerSetup) -> str:
     _prepare_worker(setup)
     s = task.sample
     lt = LabelTask(image_id=s.id, image=s.image, boxes=s.boxes, labels=s.labels, params=setup.params,
-                   viz=task.viz)
+                   viz=task.viz, ignore=s.ignore)
     if setup.labeler.needs_classifier:
         if task.feats is not None:
             lt.feats, lt.weight = task.feats, setup.weight
@@ -258,9 +260,11 @@ def write_outputs(sample, result: dict[str, Any], setup: WorkerSetup, *, viz: bo
     """Write one sample's label PNGs (and its picture) atomically: the single place where a
     labeler's result becomes files (per-sample post-processing belongs here)."""
     from banacli.data.palette import save_label_png
+    from banacli.data.voc import resize_label
 
+    orig_hw = getattr(sample, "orig_hw", None)  # the file's size when data.max_side shrank the image
     for name in setup.labeler.outputs:
-        save_label_png(Path(setup.out_dirs[name]) / f"{sample.id}.png", result[name])
+        save_label_png(Path(setup.out_dirs[name]) / f"{sample.id}.png", resize_label(result[name], orig_hw))
     if viz:
         from banacli.viz import panel, save_picture
 
@@ -295,7 +299,8 @@ def _check_manifest(path: Path, manifest: dict[str, Any], force: bool) -> bool:
         old = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         old = {}
-    differs = [k for k in MANIFEST_KEYS if old.get(k) != manifest.get(k)]
+    differs = [k for k in MANIFEST_KEYS
+               if (k in old or k not in LATER_MANIFEST_KEYS) and old.get(k) != manifest.get(k)]
     if not differs:
         return True
     if force:
@@ -407,7 +412,7 @@ def label_split(ctx) -> LabelRun:
 
     from banacli.artifacts import remove_stale_temp_files
     from banacli.cores import available_cores, threads_per_worker
-    from banacli.data.voc import check_image, find_image
+    from banacli.data.voc import check_image
     from banacli.labelers import get_labeler
     from banacli.runs import dataset_digest, open_dataset
 
@@ -441,9 +446,14 @@ def label_split(ctx) -> LabelRun:
         "method": labeler.name, "split": split, "params": params,
         "classifier_sha256": meta["weights_sha256"] if meta else None,
         "dataset": dataset_digest(ds), "outputs": list(labeler.outputs),
+        "max_side": ctx.config.data.max_side,  # images above it are labelled shrunk: another cap, other labels
     }
     out_root.mkdir(parents=True, exist_ok=True)
     keep = _decide_manifest(out_root / f"{labeler.name}.manifest.json", manifest, cfg.force, rank, world)
+    if rank == 0:
+        from banacli.outputs import write_skipped
+
+        write_skipped(out_root, labeler.name, ds.skipped)  # lets train-seg tell skipped from missing
     viz_dir = out_root / "viz"
     for d in [*out_dirs.values(), *([viz_dir] if cfg.viz else [])]:
         d.mkdir(parents=True, exist_ok=True)
@@ -457,7 +467,7 @@ def label_split(ctx) -> LabelRun:
 
     sizes = {}
     for i in mine:  # every image of this part is readable before any work starts
-        w, h = check_image(find_image(ds.root, ds.ids[i]))
+        w, h = check_image(ds.image_path(ds.ids[i]))
         sizes[i] = (h, w)
 
     def needs_work(i: int) -> bool:

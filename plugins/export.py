@@ -1,4 +1,5 @@
-"""``bana export``: the trained segmenter (RUN/seg/) as ONNX, TorchScript or a safetensors copy.
+"""``bana export``: the trained segmenter (RUN/seg/), or with ``--model inst`` the Mask R-CNN
+(RUN/inst/), as ONNX, TorchScript or a safetensors copy.
 
 Exported models take plain RGB pixels (0..255) and apply the stored normalisation inside; the
 class names and normalisation travel in every file and in a JSON sidecar (docs/export.md).
@@ -20,6 +21,8 @@ def run(ctx: StageContext) -> None:
     from banacli.runs import load_segmenter, model_path
 
     cfg: ExportConfig = ctx.section
+    if cfg.model == "inst":
+        return export_instances(ctx, cfg)
     src = model_path(ctx.run_dir, "seg")
     model, meta = load_segmenter(src, device="cpu")  # checks the sha256 against the sidecar
     out = ctx.stage_dir / FILE_NAMES[cfg.format]
@@ -49,6 +52,18 @@ def run(ctx: StageContext) -> None:
     check = (f"; max |logit difference| vs PyTorch {written['max_abs_diff']:.2g}"
              if "max_abs_diff" in written else "; not checked (onnxruntime not installed)")
     ctx.info(f"export: wrote {out} ({cfg.format}, {shape}, RGB uint8 pixels in{check})")
+
+
+def export_instances(ctx: StageContext, cfg: ExportConfig) -> None:
+    """``--model inst``: the Mask R-CNN of RUN/inst (banacli.instseg.export_instance_model)."""
+    from banacli.instseg import export_instance_model
+    from banacli.runs import model_path
+
+    path, info = export_instance_model(model_path(ctx.run_dir, "inst"), ctx.stage_dir, cfg.format, opset=cfg.opset,
+                                       input_size=cfg.input_size)
+    check = (f"; max difference vs PyTorch {info['max_abs_diff']:.2g} over {sum(info['checked_detections'])} "
+             "detections at two sizes" if "max_abs_diff" in info else "")
+    ctx.info(f"export: wrote {path} (Mask R-CNN {info['arch']}, {cfg.format}, one RGB uint8 image in{check})")
 
 
 stage = Stage(

@@ -24,6 +24,8 @@ def run(ctx: StageContext) -> None:
     done = label_split(ctx)
     try:
         if done.report:
+            from banacli.pseudo_instances import write_instance_results  # hook: RUN/labels/instances_<set>.json
+            write_instance_results(ctx, done.ds, done.out_dirs)
             report = quality_report(done.ds, done.out_dirs, len(done.ds.class_names))
             if report is not None:
                 atomic_write_json(ctx.stage_dir / f"{done.labeler.name}.report.json", report)
@@ -42,6 +44,7 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     import numpy as np
 
     from banacli.data.palette import load_label_png
+    from banacli.data.voc import resize_label
     from banacli.ops.labelers import box_labeler
     from banacli.ops.metrics import ConfusionMeter
     from banacli.ops.pseudo import box_extents
@@ -54,7 +57,7 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     n_gt = 0
     for i in range(len(ds)):
         s = ds.load(i)
-        labs = {n: load_label_png(d / f"{s.id}.png") for n, d in out_dirs.items()}
+        labs = {n: resize_label(load_label_png(d / f"{s.id}.png"), s.image.shape[:2]) for n, d in out_dirs.items()}
         if len(names) >= 2:
             differ += int((labs[names[0]] != labs[names[1]]).sum())
             total += labs[names[0]].size

@@ -5,12 +5,17 @@ OUT/ID.png, a palette PNG of class ids like VOC's SegmentationClass, and OUT/ID_
 the class colours blended over the image. Inference as in ``bana eval``: ``--ms`` averages
 the scales of ``eval.scales``, ``--flip`` adds horizontal flips, ``--crf`` refines with
 DenseCRF ``eval.crf_params`` (in ``--workers`` processes).
+
+An image whose longer side exceeds ``data.max_side`` is segmented at that size (memory grows
+with the pixel count: class scores alone take 4 bytes x classes x pixels) and its mask is
+scaled back to the image's size by nearest neighbour; a line says so. With
+``data.on_error=skip`` unreadable images are left out and every one is named.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -29,6 +34,9 @@ class PredictConfig(Section):
     flip: bool = Field(False, description="Average with the horizontally flipped image.")
     workers: int = Field(1, ge=1, description="Worker processes for DenseCRF.")
     overlay: bool = Field(True, description="Also write ID_overlay.jpg (class colours over the image).")
+    model: Literal["seg", "inst"] = Field(
+        "seg", description="seg: class masks from RUN/seg; inst: instances from the Mask R-CNN in RUN/inst "
+        "(ID.png instance map, ID.json boxes/classes/scores, threshold inst.score_threshold).")
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -64,22 +72,38 @@ def refine(image: np.ndarray, probs: np.ndarray, params: Any) -> np.ndarray:
     return dense_crf(image, probs, params).argmax(0).astype(np.uint8)
 
 
-def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool) -> None:
+def overlay_in_rows(image: np.ndarray, mask: np.ndarray, blend, rows: int = 256) -> np.ndarray:
+    """``blend(image, mask)`` computed a band of rows at a time: the same pixels (the blend is
+    per pixel) without float copies of a whole 12-megapixel photo."""
+    out = np.empty_like(image)
+    for r in range(0, image.shape[0], rows):
+        out[r : r + rows] = blend(image[r : r + rows], mask[r : r + rows])
+    return out
+
+
+def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool,
+                  full: np.ndarray | None = None) -> None:
+    """OUT/ID.png and OUT/ID_overlay.jpg. ``full``: the full-size image when ``image`` was shrunk;
+    the mask is then scaled back to it (nearest) and the overlay drawn on it."""
     from PIL import Image
 
     from banacli.artifacts import atomic_path
     from banacli.data.palette import overlay, save_label_png
+    from banacli.data.voc import resize_label
 
+    if full is not None:
+        image = full
+        mask = resize_label(mask, full.shape[:2])
     save_label_png(out / f"{image_id}.png", mask)
     if with_overlay:
         with atomic_path(out / f"{image_id}{OVERLAY_SUFFIX}") as tmp:
-            Image.fromarray(overlay(image, mask)).save(tmp, format="JPEG", quality=90)
+            Image.fromarray(overlay_in_rows(image, mask, overlay)).save(tmp, format="JPEG", quality=90)
 
 
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.data.voc import read_image
+    from banacli.data.voc import read_image, reduced_size, shrink_image
     from banacli.errors import ConfigError, DataError
     from banacli.models.normalize import normalize
     from banacli.ops.crf import CRFParams
@@ -98,6 +122,8 @@ def run(ctx: StageContext) -> None:
         raise ConfigError(f"eval.scales must be positive numbers, got {ev.scales}")
     files = expand_inputs(cfg.inputs)
     device = ctx.torch_device()
+    if cfg.model == "inst":
+        return run_instances(ctx, files, device)
     model, meta = load_segmenter(model_path(ctx.run_dir, "seg"), device=device)
     norm = meta["normalization"]
     out = Path(cfg.out)
@@ -114,37 +140,76 @@ def run(ctx: StageContext) -> None:
                 skipped.append(str(exc))
                 prog.advance(task)  # prog and task exist by the time the generator runs
                 continue
+            full = None
+            hw = reduced_size(*image.shape[:2], ctx.config.data.max_side)
+            if hw != image.shape[:2]:
+                full, image = image, shrink_image(image, hw)
+                ctx.info(f"{f}: {full.shape[1]}x{full.shape[0]} image processed at reduced size {hw[1]}x{hw[0]} "
+                         f"(data.max_side={ctx.config.data.max_side}); the mask is written at full size")
             x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
             probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
-            yield f.stem, image, probs
+            yield f.stem, image, probs, full
 
     written = 0
     with ctx.progress() as prog:
         task = prog.add_task("predict", total=len(files), status="")
         if params is None or cfg.workers == 1:
-            for image_id, image, probs in predictions():
+            for image_id, image, probs, full in predictions():
                 mask = (probs.argmax(0).to(torch.uint8).cpu().numpy() if params is None
                         else refine(image, probs.cpu().numpy(), params))
-                write_outputs(out, image_id, image, mask, cfg.overlay)
+                del probs
+                write_outputs(out, image_id, image, mask, cfg.overlay, full)
                 written += 1
                 prog.advance(task)
         else:
             from joblib import Parallel, delayed
 
             # the network runs here; CRF and writing run in the workers, pulled lazily
-            tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, cfg.overlay)
-                     for i, im, p in predictions())
+            tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, cfg.overlay, full)
+                     for i, im, p, full in predictions())
             for _ in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
                 written += 1
                 prog.advance(task)
-    note = f"; skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
+    note = f"; skipped {len(skipped)} unreadable:" if skipped else ""
     ctx.info(f"predict: wrote {written} mask{'s' if written != 1 else ''} to {out}{note}")
+    for reason in skipped:  # every skipped file by name, one a line
+        ctx.info(f"  skipped {reason}")
+
+
+def run_instances(ctx: StageContext, files: list[Path], device) -> None:
+    """``--model inst``: Mask R-CNN instances per image (see banacli.instseg.write_instance_prediction)."""
+    from banacli.data.voc import read_image
+    from banacli.errors import DataError
+    from banacli.instseg import load_instance_model, predict_instances, write_instance_prediction
+
+    cfg: PredictConfig = ctx.section
+    model, meta = load_instance_model(ctx.run_dir, device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped, written, found = [], 0, 0
+    with ctx.progress() as prog:
+        task = prog.add_task("predict", total=len(files), status="")
+        for f in files:
+            try:
+                image = read_image(f)
+            except DataError as exc:
+                if ctx.config.data.on_error != "skip":
+                    raise
+                skipped.append(str(exc))
+                prog.advance(task)
+                continue
+            inst = predict_instances(model, image, score_threshold=ctx.config.inst.score_threshold)
+            write_instance_prediction(out, f.stem, image, inst, meta["class_names"], overlay=cfg.overlay)
+            written, found = written + 1, found + len(inst)
+            prog.advance(task)
+    note = f"; skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
+    ctx.info(f"predict: {found} instances in {written} image{'s' if written != 1 else ''} written to {out}{note}")
 
 
 def _refine_and_write(out: Path, image_id: str, image: np.ndarray, probs: np.ndarray, params: Any,
-                      with_overlay: bool) -> str:
+                      with_overlay: bool, full: np.ndarray | None = None) -> str:
     """A joblib task: DenseCRF, argmax and both output files for one image."""
-    write_outputs(out, image_id, image, refine(image, probs, params), with_overlay)
+    write_outputs(out, image_id, image, refine(image, probs, params), with_overlay, full)
     return image_id
 
 
@@ -156,4 +221,5 @@ stage = Stage(
     config=PredictConfig,
     arguments=("inputs",),
     needs_data=False,
+    locks_run=False,  # reads RUN/seg only; several predicts may share a run
 )

@@ -636,6 +636,7 @@ def generate_pseudo_labels(
     params: PseudoLabelParams = PseudoLabelParams(),
     *,
     exact: bool = False,
+    ignore: np.ndarray | None = None,
 ) -> PseudoLabels:
     """Ycrf and Yret for one image (SPEC stage 2, steps 1–9).
 
@@ -643,6 +644,9 @@ def generate_pseudo_labels(
     (stride 8). weight: classifier 1×1 conv weight (L+1, C[, 1, 1]); None is allowed in
     class-agnostic mode. boxes: float (K, 4) x0, y0, x1, y1 (see module docstring);
     labels: (K,) class ids in 1..L. ``exact=True`` takes the naive full-resolution path.
+    ``ignore``: optional (H, W) bool of pixels that are neither objects nor definite background
+    (COCO crowd regions): no background query uses them and Ycrf, Yret are 255 there (outside
+    every box). None (the default) changes nothing.
     An image without boxes is all background.
     """
     image = np.asarray(image)
@@ -659,8 +663,10 @@ def generate_pseudo_labels(
     bx = ext if conv == "voc" else boxes
     field_ = FeatureField(feats, (height, width), exact=exact)  # step 1
     inside = _union_mask(ext, height, width)
+    ign = None if ignore is None else np.asarray(ignore, dtype=bool) & ~inside
     attention = background_attention(  # steps 2–3
-        field_, ~inside, grid_size=params.grid_size, threshold=params.bg_threshold
+        field_, ~inside if ign is None else ~inside & ~ign, grid_size=params.grid_size,
+        threshold=params.bg_threshold,
     )
     unaries = compute_unaries(  # steps 4–6
         field_,
@@ -689,6 +695,10 @@ def generate_pseudo_labels(
         fallback=fallback,
         box_convention=conv,
     )
+    if ign is not None:
+        ycrf, yret = ycrf.copy(), yret.copy()
+        ycrf[ign] = 255
+        yret[ign] = 255
     return PseudoLabels(
         ycrf=ycrf,
         yret=yret,

@@ -64,6 +64,23 @@ def test_different_config_refuses_unless_force(tiny_data, fresh_cls_run, app):
     # workers do not change what the labels are: no refusal
     res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--bg-threshold", "0.5", "--workers", "2"])
     assert res.exit_code == 0 and "0 to label" in res.output
+    # another data.max_side would label large images at another scale: refused by name
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--bg-threshold", "0.5",
+                       "--set", "data.max_side=64", "-q"])
+    assert res.exit_code == 1 and "different max_side" in res.output
+
+
+def test_manifest_from_before_max_side_is_still_accepted(tmp_path):
+    from banacli.labeling import _check_manifest
+
+    new = {"method": "bana", "split": "train", "params": {}, "classifier_sha256": "x", "dataset": "d",
+           "outputs": ["Ycrf"], "max_side": 800}
+    path = tmp_path / "bana.manifest.json"
+    path.write_text(json.dumps({k: v for k, v in new.items() if k != "max_side"}))
+    assert _check_manifest(path, new, force=False) is True
+    path.write_text(json.dumps({**new, "max_side": 1000}))
+    with pytest.raises(Exception, match="different max_side"):
+        _check_manifest(path, new, force=False)
 
 
 def test_missing_classifier_and_mismatched_classes(tiny_data, tmp_path, fresh_cls_run, app):
