@@ -435,6 +435,9 @@ def label_split(ctx) -> LabelRun:
         # load here in both placements: checks the classifier and class names before any work
         model, weight, norm, meta = load_feature_model(cls_path, device, ds.class_names, cfg.class_agnostic)
         if placement == "workers":
+            if cfg.workers == 1 and cfg.backend == "loky":  # joblib runs the one worker in this process
+                _WORKER["classifier"] = (model, weight, norm)
+                _WORKER["classifier_key"] = (str(cls_path), cfg.class_agnostic, tuple(ds.class_names))
             model = None  # each worker loads its own copy
     out_root = ctx.stage_dir
     out_dirs = {name: out_root / name for name in labeler.outputs}
@@ -518,6 +521,8 @@ def label_split(ctx) -> LabelRun:
                 labelled.append(image_id)
                 prog.update(task_id, advance=1, status=image_id)
     finally:
+        _WORKER.pop("classifier", None)  # a later stage in this process (bana demo) must not keep it
+        _WORKER.pop("classifier_key", None)
         if client is not None:
             client.close()
         if cluster is not None:

@@ -345,10 +345,10 @@ def authors_extents(boxes: np.ndarray | Sequence[Sequence[float]], height: int, 
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     xml = np.stack([b[:, 0] + 1, b[:, 1] + 1, b[:, 2], b[:, 3]], axis=1).astype(np.float32)
-    size = np.array([width, height, width, height], dtype=np.float64)
+    sizes = (int(width), int(height), int(width), int(height))
     out = np.empty(xml.shape, dtype=np.int64)
     for j in range(4):  # column by column, with each library's own float32 arithmetic
-        n = (size[j] - 1) / 2
+        n = (sizes[j] - 1) / 2  # a Python float, as theirs: numpy and torch then stay in float32
         normed = xml[:, j] / n - 1  # numpy: float32 array with a python float stays float32
         t = torch.from_numpy(np.ascontiguousarray(normed, dtype=np.float32))
         out[:, j] = (t * n + n).long().numpy()  # torch: float32 arithmetic, truncation toward 0

@@ -122,6 +122,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _is_loky_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"loky" in cmd and b"resource_tracker" not in cmd
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -141,15 +149,13 @@ def test_workers_exit_when_the_parent_is_killed(tiny_data, cls_run, tmp_path):
         deadline = time.time() + 120
         workers: list[int] = []
         while time.time() < deadline:
-            # loky's worker processes are (grand)children of the main process
-            kids = _children(proc.pid)
-            workers = [w for k in kids for w in [k, *_children(k)] if w != proc.pid]
-            busy = list((run / "labels").glob("*.manifest.json"))
-            if busy and len(workers) >= 2:
+            # loky's worker processes (not its resource tracker) are children of the main process
+            workers = [k for k in _children(proc.pid) if _is_loky_worker(k)]
+            busy = list((run / "labels" / "Yret").glob("*.png")) if (run / "labels" / "Yret").is_dir() else []
+            if busy and len(workers) >= 2:  # the workers hold tasks: they are labelling
                 break
             time.sleep(0.2)
         assert len(workers) >= 2, "workers did not start"
-        time.sleep(1.0)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.time() + 60  # generous: a loaded 2-core CI machine is slow to reap
@@ -214,3 +220,36 @@ def test_pictures_have_gt_column_legend_and_a_cam_per_class(tiny_data, cls_run, 
     no_gt = panel(s.image, s.boxes, s.labels, maps={"CAM:1": np.zeros(s.image.shape[:2])},
                   label_maps={"Ycrf": np.zeros(s.image.shape[:2], np.uint8)}, class_names=ds.class_names)
     assert no_gt.shape[1] == 3 * tile_w
+
+
+def test_box_convention_authors_from_the_cli(tiny_data, cls_run, tmp_path, app):
+    default = _copy(cls_run, tmp_path / "default")
+    assert invoke(app, ["gen-labels", "--data", tiny_data, "--run", default, "-q"]).exit_code == 0
+    # the default leaves the manifest as before the key existed (older runs stay valid)
+    assert "box_convention" not in json.loads((default / "labels" / "bana.manifest.json").read_text())["params"]
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", default, "--box-convention", "authors", "-q"])
+    assert res.exit_code == 1 and "different params" in res.output
+    run = _copy(cls_run, tmp_path / "authors")
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--box-convention", "authors", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "labels" / "bana.manifest.json").read_text())["params"]["box_convention"] == "authors"
+    # a class appears only inside the authors' extents of its boxes (first row/column excluded)
+    from banacli.data.palette import load_label_png
+    from banacli.data.voc import VOCDataset
+    from banacli.ops.pseudo import authors_extents
+
+    ds = VOCDataset(tiny_data, "train")
+    stripped = 0
+    for i in range(len(ds)):
+        s = ds.load(i)
+        ext = authors_extents(s.boxes, s.height, s.width)
+        for name in ("Ycrf", "Yret"):
+            lab = load_label_png(run / "labels" / name / f"{s.id}.png")
+            for c in np.unique(s.labels):
+                own = np.zeros(lab.shape, bool)
+                for (x0, y0, x1, y1), k in zip(ext, s.labels):
+                    if k == c:
+                        own[y0:y1, x0:x1] = True
+                assert not (lab[~own] == c).any(), (s.id, name, c)
+        stripped += sum(int(x0 > np.floor(b[0])) for (x0, *_), b in zip(ext, s.boxes))
+    assert stripped > 0  # the boxes did lose their first column
