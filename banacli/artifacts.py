@@ -46,10 +46,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        io_error = _as_os_error(exc, path)
+        if io_error is not None:
+            raise io_error from None
         raise
+
+
+def _as_os_error(exc: BaseException, path: Path) -> OSError | None:
+    """An I/O failure of a writer (an OSError without a file name, or a library error whose text
+    carries an errno, as safetensors' "os error 28") as an OSError naming ``path``; else None."""
+    import errno as _errno
+    import re
+
+    if isinstance(exc, OSError):
+        if exc.filename is not None or exc.errno is None:
+            return None
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    if not isinstance(exc, Exception):
+        return None
+    found = re.search(r"(?:os error|errno|code:?)\s*(\d+)", str(exc), re.IGNORECASE)
+    if found and int(found.group(1)) in _errno.errorcode:
+        n = int(found.group(1))
+        return OSError(n, os.strerror(n), str(path))
+    return None
 
 
 def _umask() -> int:
@@ -119,7 +141,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            import warnings
+
+            with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip, pickle, safetensors and I/O errors all end here
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -127,6 +153,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ArtifactError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
                                 "refused (checkpoints are read with torch.load(weights_only=True))") from None
         if isinstance(exc, pickle.UnpicklingError):
+            if _starts_like_pickle(path):
+                raise ArtifactError(f"{path}: holds pickled Python objects, which bana will not execute; "
+                                    "give a safetensors file or a torch.save'd state dict of tensors") from None
             raise ArtifactError(f"{path}: not a PyTorch checkpoint (corrupt or not written by torch.save)") from None
         first = text.splitlines()[0] if text else type(exc).__name__
         raise ArtifactError(f"{path}: not a readable PyTorch state dict ({first[:200]})") from None
@@ -140,6 +169,29 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if bad:
         raise ArtifactError(f"{path}: entry {bad[0]!r} is not a tensor; expected a plain state dict")
     return dict(obj)
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    """A raw pickle stream (protocol 2+ starts with 0x80 and the protocol number)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+# Sidecar keys that change what a loaded model computes; their values (and a sha256 of them) are
+# kept in the safetensors metadata, so an edited sidecar is caught on load.
+OUTPUT_KEYS = ("arch", "num_classes", "class_names", "normalization", "tau")
+
+
+def _output_values(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in OUTPUT_KEYS if k in meta}
+
+
+def _values_sha256(values: Mapping[str, Any]) -> str:
+    return sha256_bytes(json.dumps(values, sort_keys=True, default=str).encode())
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -167,10 +219,14 @@ def save_model(
 
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    outputs = _output_values({"arch": arch, "num_classes": len(class_names), "class_names": list(class_names),
+                              "normalization": dict(normalization), **dict(extra or {})})
+    # sidecar content that affects outputs, covered by the weights file's own hash
+    stamp = {"format": SIDECAR_FORMAT, "arch": arch, "outputs": outputs, "outputs_sha256": _values_sha256(outputs)}
     with atomic_path(path) as tmp:
         # one metadata key only: safetensors keeps metadata in a hash map whose order varies
         # between processes, and the file's sha256 must not
-        save_file(tensors, str(tmp), metadata={"bana": json.dumps({"format": SIDECAR_FORMAT, "arch": arch})})
+        save_file(tensors, str(tmp), metadata={"bana": json.dumps(stamp, sort_keys=True)})
     sidecar = {
         "format": SIDECAR_FORMAT,
         "arch": arch,
@@ -242,4 +298,26 @@ def load_model(
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: cannot read safetensors ({exc})") from None
+    check_sidecar_outputs(path, meta)
     return tensors, meta
+
+
+def check_sidecar_outputs(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """ArtifactError naming the keys when the sidecar's output-affecting values (``OUTPUT_KEYS``)
+    differ from those stamped into the weights file. Files written before the stamp pass."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            stamp = json.loads((fh.metadata() or {}).get("bana", "{}"))
+    except Exception:  # noqa: BLE001 - unreadable metadata was already reported by load_file
+        return
+    saved = stamp.get("outputs") if isinstance(stamp, dict) else None
+    if not isinstance(saved, dict) or stamp.get("outputs_sha256") != _values_sha256(saved):
+        return
+    now = _output_values(meta)
+    differs = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if differs:
+        raise ArtifactError(f"{sidecar_path(path)}: {', '.join(differs)} edited after the model was saved "
+                            f"(the weights file {path.name} records other values); restore the sidecar")

@@ -7,6 +7,7 @@ exit non-zero; config errors exit with code 2 before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -23,11 +24,13 @@ from rich.console import Console
 
 from banacli import __version__
 from banacli.config import resolve_config, root_model
-from banacli.errors import BanaError, ConfigError
+from banacli.errors import BanaError, ConfigError, os_error_line
+from banacli.lock import stage_lock
 from banacli.stage import Stage, StageContext, discover_stages, setup_stage_logging
+from banacli.threads import configure_threads, prepare_openmp_env
 
 COMMON = ("data", "run", "config", "set_", "device", "quiet")
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # user text is never markup
 
 
 def _unwrap_optional(ann: Any) -> Any:
@@ -71,8 +74,9 @@ def _common_params(stage: Stage) -> list[inspect.Parameter]:
             show_default=False)),
         inspect.Parameter("run", kw, annotation=Optional[Path], default=typer.Option(
             None, "--run", "--run-dir", show_default=False,
-            help="Run directory; this stage writes to RUN/" + stage.section + "/. Under torchrun "
-                 "write --run-dir (torchrun mistakes --run for its own --run-path).")),
+            help="Run directory; this stage writes to RUN/" + stage.section + "/. Under torchrun write "
+                 "`torchrun ... -m banacli -- STAGE --run RUN` (or --run-dir): without the --, torchrun "
+                 "takes --run for its own --run-path.")),
         inspect.Parameter("config", kw, annotation=Optional[Path], default=typer.Option(
             None, "--config", help="YAML config file with sections data, cls, labels, seg, eval, export.",
             show_default=False)),
@@ -86,14 +90,25 @@ def _common_params(stage: Stage) -> list[inspect.Parameter]:
     ]
 
 
+OVERRIDES_ENV = "BANA_OVERRIDES"
+
+
+def env_overrides() -> list[str]:
+    """``section.key=value`` items from $BANA_OVERRIDES (whitespace-separated), applied after every
+    --set: a way to shrink documented commands for a smoke test without editing them."""
+    return os.environ.get(OVERRIDES_ENV, "").split()
+
+
 def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> int:
     """Resolve the config, validate paths, then call the stage. Returns the exit code."""
     section_vals = {k: v for k, v in values.items() if k not in COMMON and v is not None}
     overrides: dict[str, dict[str, Any]] = {stage.section: section_vals}
     if values.get("data") is not None:
         overrides.setdefault("data", {})["root"] = str(values["data"])
+    held = contextlib.ExitStack()  # the run-directory lock, released however the stage ends
     try:
-        cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides, sets=values.get("set_"))
+        cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides,
+                             sets=[*(values.get("set_") or []), *env_overrides()])
         data_root = cfg.data.root
         if stage.needs_data:
             if data_root is None:
@@ -103,6 +118,8 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
         run_dir = values.get("run")
         if stage.needs_run and run_dir is None:
             raise ConfigError(f"bana {stage.name}: --run DIR is required")
+        if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
+            raise ConfigError(f"{run_dir}: --run names a file, not a directory")
         device = values.get("device") or "auto"
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
@@ -111,11 +128,16 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
         ctx = StageContext(stage=stage, config=cfg, data_root=Path(data_root) if data_root else None,
                            run_dir=Path(run_dir) if run_dir else None, device=device,
                            quiet=bool(values.get("quiet")) or not main_rank, console=_err)
+        if ctx.run_dir is not None and main_rank and stage.locks_run:
+            held.enter_context(stage_lock(ctx.stage_dir, stage.name, getattr(ctx.section, "shard", None)))  # one process per stage and run
         handler = setup_stage_logging(ctx) if main_rank else None
         try:
-            if ctx.run_dir is not None and main_rank:
+            if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):
                 ctx.save_resolved_config()
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))
+            ctx.logger.info(configure_threads())
+            if env_overrides():
+                ctx.logger.info("%s: %s", OVERRIDES_ENV, " ".join(env_overrides()))
             stage.run(ctx)
         finally:
             if handler is not None:
@@ -124,9 +146,14 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
     except BanaError as exc:
         _err.print(f"bana {stage.name}: error: {exc}", markup=False)
         return exc.exit_code
+    except OSError as exc:  # a read-only or full disk, a path that is a file, ...: one line, no traceback
+        _err.print(f"bana {stage.name}: error: {os_error_line(exc)}", markup=False)
+        return 1
     except KeyboardInterrupt:
         _err.print(f"bana {stage.name}: interrupted; finished outputs are kept", markup=False)
         return 130
+    finally:
+        held.close()
     return 0
 
 
@@ -198,7 +225,13 @@ def build_app(stages: dict[str, Stage] | None = None) -> typer.Typer:
 
 
 def main() -> None:
+    prepare_openmp_env()  # before torch is imported: idle OpenMP threads sleep (docs/usage.md)
     logging.getLogger("bana").propagate = False
+    # `torchrun ... -m banacli -- gen-labels --run RUN`: the "--" keeps torchrun's parser off
+    # our options (it reads --run as an ambiguous abbreviation of its --run-path); drop it here.
+    if len(sys.argv) > 1 and sys.argv[1] == "--":
+        del sys.argv[1]
+    logging.raiseExceptions = False  # a full disk must not print logging tracebacks; the error line says it
     app = build_app()
     app()
 

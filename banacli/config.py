@@ -43,6 +43,33 @@ class DataConfig(Section):
         "one error line; 'skip' leaves the image out and counts it in a summary.",
     )
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = in the main process).")
+    max_side: int | None = Field(
+        1000, ge=64,
+        description="Images whose longer side exceeds this are processed shrunk to it (labels and "
+        "masks are still written at full size); bounds memory on photos. VOC images are at most "
+        "500 px, so the default leaves them untouched. null: never shrink.",
+    )
+    format: Literal["auto", "voc", "coco"] = Field(
+        "auto",
+        description="Dataset layout: voc, coco (ROOT/annotations/instances_SPLIT.json + ROOT/SPLIT/), or auto "
+        "(coco when data.annotations is set or ROOT/annotations/instances_*.json exists without ROOT/JPEGImages/).",
+    )
+    annotations: str | None = Field(
+        None,
+        description="COCO: the instances JSON, '{split}' replaced by the split; relative to ROOT unless absolute "
+        "(default annotations/instances_{split}.json).",
+    )
+    images: str | None = Field(
+        None, description="COCO: the image folder, '{split}' replaced by the split; relative to ROOT unless "
+        "absolute (default {split}).",
+    )
+
+    @field_validator("annotations", "images")
+    @classmethod
+    def _nonempty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path (or null)")
+        return v
 
 
 class _TrainCommon(Section):
@@ -56,7 +83,14 @@ class _TrainCommon(Section):
     checkpoint_every: int = Field(1000, gt=0, description="Write a resumable checkpoint every K iterations.")
     resume: bool = Field(False, description="Continue from the last checkpoint in the run directory.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
-    log_every: int = Field(10, gt=0, description="Record the loss every K iterations.")
+    log_every: int = Field(10, gt=0, description="Every K iterations: a row in loss.csv and a progress line (iteration, "
+                           "loss, lr, images/s, ETA) in the stage log, and on stderr when it is not a terminal.")
+    force: bool = Field(False, description="Start again from iteration 0 although a checkpoint exists (without --resume "
+                        "an existing checkpoint is otherwise refused).")
+    val_every: int = Field(0, ge=0, description="Validate on data.val_split every K iterations and at the end "
+                           "(seg: single-scale mIoU, keeps best.safetensors; cls: box accuracy and mAP); 0 = off.")
+    tensorboard: bool = Field(False, description="Also write the logged numbers for TensorBoard to RUN/<section>/tb "
+                              "(pip install 'bana[tensorboard]').")
 
 
 class ClsConfig(_TrainCommon):
@@ -64,11 +98,15 @@ class ClsConfig(_TrainCommon):
         "vgg16", description="Feature extractor: vgg16 (paper), resnet50/101 (dilated), tiny (CPU demos)."
     )
     weights: str | None = Field(
-        "imagenet",
-        description="Backbone initialisation: 'imagenet' (torchvision, needs a download or cache), "
-        "a local weights file, or null for random init.",
+        "auto",
+        description="Backbone initialisation: auto (ImageNet for vgg16/resnet, random for tiny), "
+        "imagenet or a torchvision name (IMAGENET1K_V1, DEFAULT, VGG16_Weights.IMAGENET1K_V1; "
+        "needs a download or cache), a local weights file, or none/null for random init.",
     )
-    pooling: Literal["bap", "gap"] = Field("bap", description="Background-aware pooling or global average pooling (ablation).")
+    pooling: Literal["bap", "gap", "gap-paper"] = Field(
+        "bap", description="bap: background-aware pooling; gap: A = 0 but background cells kept as class-0 samples "
+        "(bana's ablation); gap-paper: the paper's GAP baseline, A = 0 and no background samples."
+    )
     grid_size: int = Field(4, gt=0, description="N: background queries from an N x N grid of cells (Eq. 1).")
     roi_size: int = Field(2, gt=0, description="R: each box pooled into R x R weighted bins.")
     bg_fallback: float = Field(
@@ -95,11 +133,22 @@ class LabelsConfig(Section):
     scheduler: str | None = Field(None, description="dask scheduler address (tcp://host:8786); default: a local cluster.")
     viz: int = Field(0, ge=0, description="Write this many overlay pictures to RUN/labels/viz.")
     force: bool = Field(False, description="Relabel everything, even when finished outputs exist or the config changed.")
+    box_convention: Literal["voc", "authors"] = Field(
+        "voc", description="Box pixels: voc (every pixel a box touches) or authors (their stage 2 bit for bit: "
+        "foreground extents [ymin:ymax, xmin:xmax] after a float32 round trip; docs/method.md).")
+    features: Literal["auto", "workers", "main"] = Field(
+        "auto", description="Where classifier features are computed: workers (each on the CPU), main (this "
+        "process, batched, streamed to the workers), auto (workers on a CPU, main on a GPU).")
+    shard: str | None = Field(None, pattern=r"^[1-9][0-9]*/[1-9][0-9]*$",
+                              description="K/N: label only part K of N of the split (i % N == K-1) into the same "
+                              "run directory; the last shard to finish writes the report.")
 
 
 class SegConfig(_TrainCommon):
     model: Literal["largefov", "aspp", "tiny"] = Field("largefov", description="DeepLab-V1 LargeFOV (VGG-16), DeepLab-V2 ASPP (ResNet-101), or tiny (CPU).")
-    weights: str | None = Field("imagenet", description="Backbone initialisation: 'imagenet', a local weights file, or null.")
+    weights: str | None = Field(
+        "auto", description="Backbone initialisation: auto (ImageNet for largefov/aspp, random for tiny), imagenet "
+        "or a torchvision name, a local weights file (e.g. RUN/cls/model.safetensors), or none/null.")
     loss: Literal["nal", "ce", "ycrf", "yret", "entropy", "bootstrap"] = Field(
         "nal", description="nal (paper), ce (ignore ~S), ycrf / yret (plain CE on one label set), entropy, bootstrap."
     )
@@ -157,8 +206,12 @@ class InstConfig(Section):
 
 class EvalConfig(Section):
     split: str = Field("val", description="Split to evaluate.")
-    what: Literal["seg", "labels"] = Field("seg", description="Evaluate the segmentation model or the pseudo labels.")
-    labels: Literal["ycrf", "yret", "box", "grabcut"] = Field("ycrf", description="With --what labels: which pseudo labels.")
+    what: Literal["seg", "labels", "instances"] = Field(
+        "seg", description="Evaluate the segmentation model, the pseudo labels (mIoU), or instance masks (COCO mask AP).")
+    labels: Literal["ycrf", "yret", "box", "grabcut"] = Field("ycrf", description="With --what labels or instances: which pseudo labels.")
+    instances: Literal["labels", "model", "box"] = Field(
+        "labels", description="With --what instances: the pseudo instance masks of RUN/labels (eval.labels picks the set), "
+        "the instance model of RUN (bana train-inst), or each box as its mask.")
     ms: bool = Field(True, description="Multi-scale inference over eval.scales.")
     scales: list[float] = Field([1.0, 0.5, 0.75, 1.5], description="Scales averaged in multi-scale inference.")
     flip: bool = Field(True, description="Average with horizontally flipped inputs.")
@@ -227,7 +280,9 @@ def load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the config as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class BanaError(Exception):
     """An error caused by the user's input (files, config, arguments).
@@ -25,3 +27,19 @@ class DataError(BanaError):
 
 class ArtifactError(BanaError):
     """A missing, tampered or mismatching artifact (model, labels, manifest)."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the path(s), the reason and the errno name,
+    e.g. ``run/cls/model.safetensors: No space left on device (ENOSPC)``."""
+    import errno as _errno
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = _errno.errorcode.get(exc.errno, "") if isinstance(exc.errno, int) else ""
+    tail = f" ({code})" if code else ""
+    if exc.filename is not None:
+        where = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return f"{where}: {reason}{tail}"
+    return f"{reason}{tail}"

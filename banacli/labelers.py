@@ -37,6 +37,8 @@ class LabelTask:
     feats: np.ndarray | None = None
     weight: np.ndarray | None = None
     viz: bool = False
+    orig_hw: tuple[int, int] | None = None  # the file's (H, W) when the image was shrunk (data.max_side)
+    ignore: np.ndarray | None = None  # (H, W) bool: COCO crowd regions (no background query; 255 in labels)
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,15 @@ def _label_bana(task: LabelTask) -> dict[str, Any]:
         class_agnostic=p["class_agnostic"],
         crf=CRFParams(bi_w=p["crf_bi_w"], bi_xy=p["crf_bi_xy"], bi_rgb=p["crf_bi_rgb"], pos_w=p["crf_pos_w"],
                       pos_xy=p["crf_pos_xy"], iterations=p["crf_iterations"]),
+        box_convention=p.get("box_convention", "voc"),
     )
-    out = generate_pseudo_labels(task.image, task.feats, task.weight, task.boxes, task.labels, params)
+    out = generate_pseudo_labels(task.image, task.feats, task.weight, task.boxes, task.labels, params,
+                                 ignore=task.ignore)
     result: dict[str, Any] = {"Ycrf": out.ycrf, "Yret": out.yret}
     if task.viz:
-        cams = np.zeros(out.u0.shape, np.float32)
-        for cam in out.cams.values():
-            np.maximum(cams, cam, out=cams)
-        result["viz"] = {"u0": out.u0, "CAMs": cams, "unreliable": out.unreliable.astype(np.float32)}
+        # one CAM panel per class of the boxes, keyed "CAM:<class id>" (pictures name the class)
+        result["viz"] = {"u0": out.u0, **{f"CAM:{c}": cam for c, cam in out.cams.items()},
+                         "unreliable": out.unreliable.astype(np.float32)}
     return result
 
 

@@ -12,14 +12,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from banacli.data.voc import VOCDataset, annotation_path, split_path
+from banacli.data.voc import VOCDataset, annotation_path, read_annotation_bytes, split_path
 
 
 def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
-    """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error."""
+    """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error
+    and data.format (a VOCDataset or a COCODataset: same interface)."""
+    from banacli.data.coco import open_data
+
     data = ctx.config.data
-    ds = VOCDataset(ctx.data_root, split or data.train_split, data.classes, with_gt=with_gt,
-                    on_error=data.on_error)
+    ds = open_data(ctx.data_root, split or data.train_split, data, with_gt=with_gt, max_side=data.max_side,
+                   notify=ctx.info)
+    for note in ds.notes:
+        ctx.info(note)
     if ds.skipped:
         ctx.info(ds.summary())
     return ds
@@ -27,11 +32,13 @@ def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCD
 
 def dataset_digest(ds: VOCDataset) -> str:
     """sha256 over the split file and the annotations of the images used: the input's identity."""
+    if hasattr(ds, "digest"):
+        return ds.digest()
     h = hashlib.sha256()
     h.update(split_path(ds.root, ds.split).read_bytes())
     for image_id in ds.ids:
         h.update(image_id.encode())
-        h.update(annotation_path(ds.root, image_id).read_bytes())
+        h.update(read_annotation_bytes(annotation_path(ds.root, image_id)))
     return h.hexdigest()
 
 
@@ -51,7 +58,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 RUNTIME_KEYS = {"resume", "checkpoint_every", "log_every", "loader_workers", "workers", "viz", "force",
-                "backend", "scheduler"}
+                "backend", "scheduler", "val_every", "tensorboard"}
 
 
 def config_digest(cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -123,3 +130,31 @@ def load_segmenter(path: Path, *, device: str | torch.device = "cpu", class_name
 
     return _load_rebuilt(path, "segnet", SEG_MODELS, build, device=device, class_names=class_names,
                          missing="segmentation model not found (run bana train-seg first)")
+
+
+def check_crop_size(ctx, ds: VOCDataset, crop_size: int, *, key: str, sample: int = 50) -> int | None:
+    """Warn when the random crop is larger than the images (read from the headers of up to
+    ``sample`` images): such crops are mostly padding and cost (crop / side)^2 more per
+    iteration. Returns the largest image side seen (None when no image could be read)."""
+    from PIL import Image
+
+    from banacli.data.voc import find_image
+
+    sides = []
+    for image_id in ds.ids[:sample]:
+        try:
+            with Image.open(find_image(ds.root, image_id)) as im:
+                sides.append(max(im.size))
+        except Exception:  # noqa: BLE001 - unreadable images are reported by the loader itself
+            continue
+    if not sides:
+        return None
+    largest = max(sides)
+    if crop_size > largest:
+        msg = (f"warning: {key}={crop_size} is larger than the images (at most {largest} px in the first "
+               f"{len(sides)}): crops are mostly padding and each iteration costs about "
+               f"{(crop_size / largest) ** 2:.1f}x more; consider --crop-size {largest}")
+        ctx.logger.warning(msg)
+        if not ctx.quiet:
+            ctx.console.print(msg, markup=False, highlight=False)
+    return largest

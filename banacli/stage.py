@@ -50,6 +50,7 @@ class Stage:
     arguments: tuple[str, ...] = ()
     needs_data: bool = True
     needs_run: bool = True
+    locks_run: bool = True  # hold RUN/<section>/.lock while running (banacli.lock); off for read-only stages
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").isalnum():
@@ -126,7 +127,7 @@ class StageContext:
         """Log to the stage's log file, and print unless --quiet."""
         self.logger.info(message)
         if not self.quiet:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, markup=False)  # user text: no rich markup
 
     def progress(self) -> Progress:
         """A rich progress display (disabled with --quiet); use as a context manager."""
@@ -136,7 +137,7 @@ class StageContext:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             console=self.console,
             disable=self.quiet,
             transient=False,

@@ -15,6 +15,13 @@ Pseudo labels (``--what labels``): ``ycrf`` / ``yret`` read RUN/labels/Ycrf|Yret
 ``bana gen-labels --split SPLIT``; ``box`` draws the boxes of the annotations (paper Table 1,
 "Box"). A void (255) pixel in a pseudo label counts as a miss for its ground-truth class.
 
+Instance masks (``--what instances``): COCO mask AP (AP, AP50, AP75, APS, APM, APL, as the
+paper's Table 2) with pycocotools' COCOeval (segm), see :mod:`banacli.instance_eval`.
+``eval.instances=labels`` (default) scores RUN/labels/instances_<Ycrf|Yret|...>.json
+(``eval.labels`` picks the set; ``bana gen-labels`` writes them), ``model`` the instance model
+of RUN (``bana train-inst``), ``box`` every box's rectangle. Ground truth: the COCO JSON, or VOC
+SegmentationObject PNGs + XML. Writes RUN/eval/metrics-instances-<source>-<split>.json.
+
 Writes RUN/eval/metrics-<what>[-<labels>]-<split>.json.
 """
 
@@ -122,6 +129,38 @@ def _num(v: float) -> float | None:
 # ----------------------------------------------------------------------------- the two modes
 
 
+class _CocoSource:
+    """COCO data for the mIoU modes: the semantic ground truth painted from the instance masks
+    (banacli/data/coco.py: smaller instances on top, crowd regions void)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+        self.class_names = ds.class_names
+        self.ids = list(ds.ids)
+        self._index = {sid: i for i, sid in enumerate(ds.ids)}
+
+    def ids_with_gt(self) -> list[str]:
+        anns = self.ds.coco.imgToAnns
+        return [sid for sid in self.ids
+                if any(a.get("segmentation") for a in anns.get(self.ds.coco_ids[sid], []))]
+
+    def sample(self, image_id: str):
+        return self.ds.load(self._index[image_id])
+
+    def image_and_gt(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        s = self.sample(image_id)
+        return s.image, s.gt
+
+
+def _coco_source(ctx: StageContext, split: str) -> _CocoSource | None:
+    from banacli.data.coco import data_format
+    from banacli.runs import open_dataset
+
+    if data_format(ctx.data_root, ctx.config.data) != "coco":
+        return None
+    return _CocoSource(open_dataset(ctx, split, with_gt=True))
+
+
 class _Skips:
     """Honours data.on_error: 'raise' re-raises, 'skip' records the image and goes on."""
 
@@ -136,7 +175,7 @@ class _Skips:
 
 
 def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
-              advance) -> tuple[np.ndarray, dict[str, Any]]:
+              advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     import torch
 
     from banacli.data.voc import find_gt, find_image, read_image
@@ -157,8 +196,11 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
     def images():
         for image_id in ids:
             try:
-                image = read_image(find_image(ctx.data_root, image_id))
-                gt = read_gt(find_gt(ctx.data_root, image_id), k, image.shape[:2])
+                if coco is not None:
+                    image, gt = coco.image_and_gt(image_id)
+                else:
+                    image = read_image(find_image(ctx.data_root, image_id))
+                    gt = read_gt(find_gt(ctx.data_root, image_id), k, image.shape[:2])
             except BanaError as exc:
                 skips.handle(image_id, exc)
                 advance()
@@ -195,7 +237,7 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
 
 
 def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
-                 advance) -> tuple[np.ndarray, dict[str, Any]]:
+                 advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     from banacli.data.voc import find_gt, load_sample
     from banacli.errors import ArtifactError, BanaError
     from banacli.ops.labelers import box_labeler
@@ -212,11 +254,12 @@ def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names
     for image_id in ids:
         try:
             if cfg.labels == "box":
-                sample = load_sample(ctx.data_root, image_id, class_names[1:], with_gt=True)
+                sample = (coco.sample(image_id) if coco is not None
+                          else load_sample(ctx.data_root, image_id, class_names[1:], with_gt=True))
                 gt = sample.gt
                 pred = box_labeler(sample.image, sample.boxes, sample.labels)
             else:
-                gt = read_gt(find_gt(ctx.data_root, image_id), k)
+                gt = coco.image_and_gt(image_id)[1] if coco is not None else read_gt(find_gt(ctx.data_root, image_id), k)
                 pred = read_prediction(folder / f"{image_id}.png", k, gt.shape)
         except BanaError as exc:
             skips.handle(image_id, exc)
@@ -257,6 +300,77 @@ def print_table(result: dict[str, Any], title: str) -> None:
     Console(highlight=False).print(table)
 
 
+INSTANCE_FILES = {"ycrf": "Ycrf", "yret": "Yret", "box": "Box", "grabcut": "GrabCut"}
+
+
+def instance_source(cfg: EvalConfig) -> str:
+    return f"labels-{cfg.labels}" if cfg.instances == "labels" else cfg.instances
+
+
+def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
+    """``--what instances``: COCO mask AP of pseudo instance masks, a model's, or the boxes'."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from banacli import __version__
+    from banacli.artifacts import atomic_write_json
+    from banacli.errors import ArtifactError, DataError
+    from banacli.instance_eval import METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row
+    from banacli.pseudo_instances import box_results
+    from banacli.runs import open_dataset
+
+    t0 = time.perf_counter()
+    ds = open_dataset(ctx, cfg.split, with_gt=False)
+    gt, missing = ground_truth(ds)
+    if not gt["images"]:
+        raise DataError(f"{ds.root}: no instance ground truth (SegmentationObject) for any image of split {cfg.split!r}")
+    if missing:
+        ctx.info(f"eval: {len(missing)} of {len(ds)} images of {cfg.split!r} have no instance masks; left out")
+    keep = {im["id"] for im in gt["images"]}
+    settings: dict[str, Any] = {"instances": cfg.instances}
+    if cfg.instances == "labels":
+        label_dir = ctx.run_dir / "labels"
+        info_path = label_dir / "instances.json"
+        if info_path.is_file():
+            made_on = json.loads(info_path.read_text()).get("split")
+            if made_on != cfg.split:
+                raise ArtifactError(f"{info_path}: instance masks were made for split {made_on!r}, not {cfg.split!r}; "
+                                    f"pass --split {made_on} (or run bana gen-labels --split {cfg.split})")
+        path = label_dir / f"instances_{INSTANCE_FILES[cfg.labels]}.json"
+        results = load_results(path, what=f"run bana gen-labels --split {cfg.split} first")
+        settings.update(labels=cfg.labels, source=str(path))
+    elif cfg.instances == "box":
+        results = box_results(ds)
+        settings["source"] = "every box's rectangle, score 1"
+    else:
+        results, extra = model_results(ds, ctx.run_dir, ctx.torch_device())
+        settings.update(extra)
+    results = [r for r in results if r["image_id"] in keep]
+    scores = coco_eval_segm(gt, results)
+    result: dict[str, Any] = {
+        "what": "instances", "source": instance_source(cfg), "split": cfg.split, "dataset": str(ds.root),
+        **{m: scores[m] for m in METRICS}, "detections": scores["detections"],
+        "ground_truth_instances": len(gt["annotations"]), "images": len(gt["images"]),
+        "images_without_instance_gt": len(missing), "cocoeval_summary": scores["summary"],
+        "settings": settings, "seconds": round(time.perf_counter() - t0, 2), "bana_version": __version__,
+    }
+    out = ctx.stage_dir / f"metrics-instances-{instance_source(cfg)}-{cfg.split}.json"
+    atomic_write_json(out, result)
+    if not ctx.quiet:
+        t = Table(title=f"instance masks ({instance_source(cfg)}) on {cfg.split}, {len(gt['images'])} images: "
+                        "COCO mask AP %", title_justify="left")
+        t.add_column("")
+        for m in METRICS:
+            t.add_column(m, justify="right")
+        t.add_row(instance_source(cfg), *table_row(scores))
+        Console(highlight=False).print(t)
+    ap = scores["AP"]
+    ctx.info(f"eval: mask AP {100 * ap:.1f} on {len(gt['images'])} images of {cfg.split}; wrote {out}"
+             if ap is not None else f"eval: no ground truth instances; wrote {out}")
+
+
 def run(ctx: StageContext) -> None:
     from banacli import __version__
     from banacli.artifacts import atomic_write_json
@@ -265,15 +379,21 @@ def run(ctx: StageContext) -> None:
     from banacli.ops.crf import CRFParams
 
     cfg: EvalConfig = ctx.section
+    if cfg.what == "instances":
+        return run_instances(ctx, cfg)
     if cfg.what == "seg":  # validate before loading anything heavy
         if cfg.ms and (not cfg.scales or any(s <= 0 for s in cfg.scales)):
             raise ConfigError(f"eval.scales must be positive numbers, got {cfg.scales}")
         if cfg.crf:
             CRFParams.from_list(cfg.crf_params)
     root = ctx.data_root
-    class_names = ["background", *resolve_classes(root, ctx.config.data.classes)]
-    ids = read_split(root, cfg.split)
-    with_gt = [i for i in ids if find_gt(root, i) is not None]
+    coco = _coco_source(ctx, cfg.split)  # None for VOC data
+    if coco is not None:
+        class_names, ids, with_gt = coco.class_names, coco.ids, coco.ids_with_gt()
+    else:
+        class_names = ["background", *resolve_classes(root, ctx.config.data.classes)]
+        ids = read_split(root, cfg.split)
+        with_gt = [i for i in ids if find_gt(root, i) is not None]
     if not with_gt:
         raise DataError(f"{root / GT_DIRS[0]}: no ground-truth mask for any of the {len(ids)} images of "
                         f"split {cfg.split!r}; nothing to evaluate")
@@ -287,7 +407,7 @@ def run(ctx: StageContext) -> None:
         task = prog.add_task(f"eval {what}", total=len(with_gt), status="")
         advance = lambda: prog.advance(task)  # noqa: E731
         evaluate = _eval_seg if cfg.what == "seg" else _eval_labels
-        cm, settings = evaluate(ctx, cfg, with_gt, class_names, skips, advance)
+        cm, settings = evaluate(ctx, cfg, with_gt, class_names, skips, advance, coco=coco)
     seconds = time.perf_counter() - t0
     evaluated = len(with_gt) - len(skips.items)
     if evaluated == 0:

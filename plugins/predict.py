@@ -5,6 +5,11 @@ OUT/ID.png, a palette PNG of class ids like VOC's SegmentationClass, and OUT/ID_
 the class colours blended over the image. Inference as in ``bana eval``: ``--ms`` averages
 the scales of ``eval.scales``, ``--flip`` adds horizontal flips, ``--crf`` refines with
 DenseCRF ``eval.crf_params`` (in ``--workers`` processes).
+
+An image whose longer side exceeds ``data.max_side`` is segmented at that size (memory grows
+with the pixel count: class scores alone take 4 bytes x classes x pixels) and its mask is
+scaled back to the image's size by nearest neighbour; a line says so. With
+``data.on_error=skip`` unreadable images are left out and every one is named.
 """
 
 from __future__ import annotations
@@ -67,12 +72,19 @@ def refine(image: np.ndarray, probs: np.ndarray, params: Any) -> np.ndarray:
     return dense_crf(image, probs, params).argmax(0).astype(np.uint8)
 
 
-def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool) -> None:
+def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool,
+                  full: np.ndarray | None = None) -> None:
+    """OUT/ID.png and OUT/ID_overlay.jpg. ``full``: the full-size image when ``image`` was shrunk;
+    the mask is then scaled back to it (nearest) and the overlay drawn on it."""
     from PIL import Image
 
     from banacli.artifacts import atomic_path
     from banacli.data.palette import overlay, save_label_png
+    from banacli.data.voc import resize_label
 
+    if full is not None:
+        image = full
+        mask = resize_label(mask, full.shape[:2])
     save_label_png(out / f"{image_id}.png", mask)
     if with_overlay:
         with atomic_path(out / f"{image_id}{OVERLAY_SUFFIX}") as tmp:
@@ -82,7 +94,7 @@ def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray,
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.data.voc import read_image
+    from banacli.data.voc import read_image, reduced_size, shrink_image
     from banacli.errors import ConfigError, DataError
     from banacli.models.normalize import normalize
     from banacli.ops.crf import CRFParams
@@ -119,31 +131,40 @@ def run(ctx: StageContext) -> None:
                 skipped.append(str(exc))
                 prog.advance(task)  # prog and task exist by the time the generator runs
                 continue
+            full = None
+            hw = reduced_size(*image.shape[:2], ctx.config.data.max_side)
+            if hw != image.shape[:2]:
+                full, image = image, shrink_image(image, hw)
+                ctx.info(f"{f}: {full.shape[1]}x{full.shape[0]} image processed at reduced size {hw[1]}x{hw[0]} "
+                         f"(data.max_side={ctx.config.data.max_side}); the mask is written at full size")
             x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
             probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
-            yield f.stem, image, probs
+            yield f.stem, image, probs, full
 
     written = 0
     with ctx.progress() as prog:
         task = prog.add_task("predict", total=len(files), status="")
         if params is None or cfg.workers == 1:
-            for image_id, image, probs in predictions():
+            for image_id, image, probs, full in predictions():
                 mask = (probs.argmax(0).to(torch.uint8).cpu().numpy() if params is None
                         else refine(image, probs.cpu().numpy(), params))
-                write_outputs(out, image_id, image, mask, cfg.overlay)
+                del probs
+                write_outputs(out, image_id, image, mask, cfg.overlay, full)
                 written += 1
                 prog.advance(task)
         else:
             from joblib import Parallel, delayed
 
             # the network runs here; CRF and writing run in the workers, pulled lazily
-            tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, cfg.overlay)
-                     for i, im, p in predictions())
+            tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, cfg.overlay, full)
+                     for i, im, p, full in predictions())
             for _ in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
                 written += 1
                 prog.advance(task)
-    note = f"; skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
+    note = f"; skipped {len(skipped)} unreadable:" if skipped else ""
     ctx.info(f"predict: wrote {written} mask{'s' if written != 1 else ''} to {out}{note}")
+    for reason in skipped:  # every skipped file by name, one a line
+        ctx.info(f"  skipped {reason}")
 
 
 def run_instances(ctx: StageContext, files: list[Path], device) -> None:
@@ -177,9 +198,9 @@ def run_instances(ctx: StageContext, files: list[Path], device) -> None:
 
 
 def _refine_and_write(out: Path, image_id: str, image: np.ndarray, probs: np.ndarray, params: Any,
-                      with_overlay: bool) -> str:
+                      with_overlay: bool, full: np.ndarray | None = None) -> str:
     """A joblib task: DenseCRF, argmax and both output files for one image."""
-    write_outputs(out, image_id, image, refine(image, probs, params), with_overlay)
+    write_outputs(out, image_id, image, refine(image, probs, params), with_overlay, full)
     return image_id
 
 
@@ -191,4 +212,5 @@ stage = Stage(
     config=PredictConfig,
     arguments=("inputs",),
     needs_data=False,
+    locks_run=False,  # reads RUN/seg only; several predicts may share a run
 )

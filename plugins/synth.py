@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -16,6 +17,13 @@ class SynthConfig(Section):
     val: int = Field(50, ge=0, description="Number of validation images.")
     size: int = Field(128, ge=32, le=1024, description="Image side in pixels.")
     seed: int = Field(0, description="Random seed; the same seed gives the same dataset.")
+    format: Literal["voc", "coco"] = Field(
+        "voc", description="Layout: voc, or coco (annotations/instances_SPLIT.json with RLE instance masks + SPLIT/).")
+    context: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Share P of images whose background is the habitat (texture family + colour range) "
+        "of the class of one of their objects; 0 = backgrounds independent of the classes (docs/synthetic.md).",
+    )
 
 
 def run(ctx: StageContext) -> None:
@@ -27,10 +35,15 @@ def run(ctx: StageContext) -> None:
         raise ConfigError("bana synth: OUT folder is required")
     with ctx.progress() as prog:
         task = prog.add_task("synth", total=cfg.images + cfg.val, status="")
-        summary = generate(cfg.out, images=cfg.images, size=cfg.size, seed=cfg.seed, val=cfg.val,
-                           progress=lambda n=1: prog.advance(task, n))
+        make = generate
+        if cfg.format == "coco":
+            from banacli.data.synth_coco import generate_coco as make
+        summary = make(cfg.out, images=cfg.images, size=cfg.size, seed=cfg.seed, val=cfg.val,
+                       context=cfg.context,
+                       progress=lambda n=1: prog.advance(task, n))
     ctx.info(
-        f"wrote {cfg.images} train + {cfg.val} val images of {cfg.size} px to {cfg.out}; "
+        f"wrote {cfg.images} train + {cfg.val} val images of {cfg.size} px to {cfg.out} "
+        f"({summary['context_images']} in context, P = {cfg.context:g}); "
         f"box-as-mask pseudo labels on train: mIoU {100 * summary['box_miou']:.1f}%"
     )
 

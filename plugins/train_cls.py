@@ -23,9 +23,12 @@ class _ClsTrainSet:
 
         index, seed = key
         s = self.ds.load(index)
+        masks = {} if s.ignore is None else {"ignore": s.ignore.astype("uint8")}  # COCO crowd regions
         with seeded(seed):
-            out = self.augment(s.image, s.boxes, s.labels, {})
+            out = self.augment(s.image, s.boxes, s.labels, masks)
         out["bg"] = definite_background_tensor(out["boxes"], out["valid"])
+        if "ignore" in out:
+            out["bg"] &= out.pop("ignore") != 1
         return out
 
 
@@ -52,9 +55,9 @@ def run(ctx: StageContext) -> None:
     from banacli.artifacts import save_model
     from banacli.data.transforms import JointAugment
     from banacli.models.normalize import mean_rgb, normalize
-    from banacli.runs import cls_arch, config_digest, dataset_digest, open_dataset
+    from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.train import (
-        init_distributed, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
+        init_distributed, log_line_for, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
         wrap_ddp,
     )
 
@@ -62,6 +65,8 @@ def run(ctx: StageContext) -> None:
     info = init_distributed(ctx.device)
     try:
         ds = open_dataset(ctx, with_gt=False)
+        if info.is_main:
+            check_crop_size(ctx, ds, cfg.crop_size, key="cls.crop_size")
         torch.manual_seed(cfg.seed)
         model = build_classifier(cfg.backbone, cfg.weights, len(ds.class_names)).to(info.device)
         norm = model.backbone.normalization
@@ -82,6 +87,10 @@ def run(ctx: StageContext) -> None:
                       pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
             return out["loss"], {}
 
+        if info.is_main:
+            warn_no_background(ctx, ds, cfg.bg_fallback)
+        validate = _cls_validator(ctx, model, norm, info) if cfg.val_every else None
+
         ctx.info(f"train-cls: {len(ds)} images, {len(ds.classes)} classes, backbone {cfg.backbone}, "
                  f"pooling {cfg.pooling}, {cfg.iterations} iterations of batch {cfg.batch_size} "
                  f"({info.world} process{'es' if info.world > 1 else ''} x {local_batch}) on {info.device}")
@@ -94,6 +103,9 @@ def run(ctx: StageContext) -> None:
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every,
                 log_every=cfg.log_every, resume=cfg.resume, amp=cfg.amp,
                 progress=prog if info.is_main else None, config_meta=digest,
+                force=cfg.force, label="train-cls", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
+                on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
+                tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
             )
         seconds = time.perf_counter() - t0
         weights_digest = _state_digest(model)
@@ -106,12 +118,55 @@ def run(ctx: StageContext) -> None:
                 config=ctx.config.model_dump(mode="json"),
                 inputs={"dataset": dataset_digest(ds)},
                 metrics={"final_loss": final, "iterations": result.iteration,
-                         "resumed_from": result.resumed_from, "seconds": round(seconds, 2)},
-                extra={"world_size": info.world, "rank_weight_sha256": digests},
+                         "resumed_from": result.resumed_from, "seconds": round(seconds, 2),
+                         **({"val": validate.last} if validate is not None and validate.last else {})},
+                extra={"world_size": info.world, "rank_weight_sha256": digests,
+                       "init_weights": getattr(model.backbone, "init_weights", None)},
             )
             ctx.info(f"train-cls: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
     finally:
         shutdown_distributed(info)
+
+
+def warn_no_background(ctx, ds, bg_fallback: float) -> list[str]:
+    """Warn (one line) about images whose boxes leave at most ``bg_fallback`` of the image as
+    background: BAP takes no background queries from them (they use GAP), and when every image
+    is like that the background is never learned. Returns those ids."""
+    ids = [ds.ids[i] for i in range(len(ds)) if ds.background_fraction(i) <= bg_fallback]
+    if not ids:
+        return ids
+    shown = ", ".join(ids[:3]) + (f", … ({len(ids)} in all)" if len(ids) > 3 else "")
+    if len(ids) == len(ds):
+        ctx.info(f"warning: train-cls: the boxes of every training image cover all but at most "
+                 f"{bg_fallback:.0%} of it (cls.bg_fallback); with no background outside the boxes the "
+                 f"classifier never learns the background, and pseudo labels will lack it ({shown})")
+    else:
+        ctx.info(f"warning: train-cls: {len(ids)} of {len(ds)} images have boxes covering all but at most "
+                 f"{bg_fallback:.0%} of the image; they give no background queries and use GAP ({shown})")
+    return ids
+
+
+def _cls_validator(ctx: StageContext, model, norm, info):
+    """validate(done): box accuracy and mAP on data.val_split, logged (rank 0)."""
+    from banacli.runs import open_dataset
+    from banacli.train import classify_boxes, log_line_for
+
+    cfg: ClsConfig = ctx.section
+    val = open_dataset(ctx, ctx.config.data.val_split, with_gt=False)
+    emit = log_line_for(ctx)
+
+    def validate(done: int) -> None:
+        r = classify_boxes(model, val, norm, info.device, grid_size=cfg.grid_size, roi_size=cfg.roi_size,
+                           pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
+        validate.last = {"iteration": done, **r}
+        emit(f"train-cls: iteration {done} val box accuracy {100 * r['accuracy']:.1f}% mAP {100 * r['map']:.1f}% "
+             f"({r['boxes']} boxes of {ctx.config.data.val_split})")
+
+    validate.last = None
+    return validate
+
+
+run.writes_own_config = True  # config.yaml is written once training starts (cli.run_stage)
 
 
 def _state_digest(model) -> str:

@@ -35,12 +35,16 @@ class _SegTrainSet:
         import torch
 
         from banacli.data.palette import load_label_png
+        from banacli.data.voc import resize_label
         from banacli.runs import seeded
 
         index, seed = key
         s = self.ds.load(index)
         masks = {"ycrf": load_label_png(self.crf_dir / f"{s.id}.png"),
                  "yret": load_label_png(self.ret_dir / f"{s.id}.png")}
+        if s.reduced:  # labels are stored at the file's size; the image was shrunk (data.max_side)
+            masks = {k: resize_label(m, s.image.shape[:2]) if m.shape == s.orig_hw else m
+                     for k, m in masks.items()}
         has_gt = s.id in self.gt_ids
         if has_gt:
             masks["gt"] = s.gt
@@ -70,16 +74,25 @@ def _collate(batch):
     }
 
 
-def check_labels(ds, folders: list[Path]) -> None:
-    """Every training image needs its pseudo labels; fail before training with the first missing file."""
+def check_labels(ds, folders: list[Path], skipped: dict[str, str] | None = None) -> None:
+    """Every training image needs its pseudo labels; fail before training with the first missing
+    file. ``skipped`` ({id: reason}, from gen-labels) tells an image gen-labels left out on
+    purpose from a label that is missing because gen-labels did not finish."""
     from banacli.errors import ArtifactError
 
+    skipped = skipped or {}
     for folder in folders:
         if not folder.is_dir():
             raise ArtifactError(f"{folder}: pseudo labels not found (run bana gen-labels first)")
         for image_id in ds.ids:
-            if not (folder / f"{image_id}.png").is_file():
-                raise ArtifactError(f"{folder / (image_id + '.png')}: pseudo label missing (rerun bana gen-labels)")
+            path = folder / f"{image_id}.png"
+            if path.is_file():
+                continue
+            if image_id in skipped:
+                raise ArtifactError(
+                    f"{path}: no pseudo label because gen-labels skipped this image on purpose "
+                    f"({skipped[image_id]}); fix it, or train without it with --set data.on_error=skip")
+            raise ArtifactError(f"{path}: pseudo label missing (rerun bana gen-labels)")
 
 
 def run(ctx: StageContext) -> None:
@@ -92,9 +105,10 @@ def run(ctx: StageContext) -> None:
     from banacli.models.deeplab import build_segmenter, upsample_logits
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.ops.nal import bootstrap_beta, seg_loss
-    from banacli.runs import config_digest, dataset_digest, open_dataset, seg_arch
+    from banacli.outputs import read_skipped
+    from banacli.runs import check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.train import (
-        init_distributed, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches, train_loop,
+        init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches, train_loop,
         wrap_ddp,
     )
 
@@ -106,8 +120,12 @@ def run(ctx: StageContext) -> None:
         crf_name, ret_name = label_sets(cfg.labels)
         label_root = ctx.run_dir / "labels"
         crf_dir, ret_dir = label_root / crf_name, label_root / ret_name
-        check_labels(ds, [crf_dir, ret_dir])
+        check_labels(ds, [crf_dir, ret_dir], read_skipped(label_root, cfg.labels))
         gt_ids: set[str] = set()
+        if data.gt_split and getattr(ds, "format", "voc") == "coco":
+            from banacli.errors import ConfigError
+
+            raise ConfigError("data.gt_split: the semi-supervised setting needs VOC data (ImageSets/Segmentation)")
         if data.gt_split:
             gt_ids = set(read_split(ctx.data_root, data.gt_split)) & set(ds.ids)
             for image_id in sorted(gt_ids):
@@ -117,6 +135,8 @@ def run(ctx: StageContext) -> None:
                     raise DataError(f"{image_id}: listed in data.gt_split {data.gt_split!r} but has no ground-truth mask")
             ctx.info(f"semi-supervised: {len(gt_ids)} of {len(ds)} images use ground-truth masks")
 
+        if info.is_main:
+            check_crop_size(ctx, ds, cfg.crop_size, key="seg.crop_size")
         torch.manual_seed(cfg.seed)
         model = build_segmenter(cfg.model, len(ds.class_names), weights=cfg.weights, tau=cfg.tau).to(info.device)
         norm = model.normalization
@@ -141,6 +161,8 @@ def run(ctx: StageContext) -> None:
                                    beta=beta, gt=gt, has_gt=has_gt)
             return loss, {k: v for k, v in stats.items() if k != "loss"}
 
+        validate = _seg_validator(ctx, model, norm, info, len(ds.class_names)) if cfg.val_every else None
+
         ctx.info(f"train-seg: {len(ds)} images, model {cfg.model}, loss {cfg.loss} on labels {crf_name}/{ret_name}, "
                  f"{cfg.iterations} iterations of batch {cfg.batch_size} ({info.world} x {local_batch}) on {info.device}")
         t0 = time.perf_counter()
@@ -151,6 +173,9 @@ def run(ctx: StageContext) -> None:
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                 resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None,
                 config_meta=config_digest(ctx.config, ("data", "seg")),
+                force=cfg.force, label="train-seg", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
+                on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
+                tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
             )
         seconds = time.perf_counter() - t0
         if info.is_main:
@@ -164,12 +189,63 @@ def run(ctx: StageContext) -> None:
                 class_names=ds.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
                 inputs=inputs,
                 metrics={"final_loss": final, "iterations": result.iteration, "resumed_from": result.resumed_from,
-                         "seconds": round(seconds, 2)},
-                extra={"tau": cfg.tau, "world_size": info.world},
+                         "seconds": round(seconds, 2),
+                         **({"val": validate.state} if validate is not None and validate.state["last"] else {})},
+                extra={"tau": cfg.tau, "world_size": info.world,
+                       "init_weights": getattr(model.backbone, "init_weights", None)},
             )
             ctx.info(f"train-seg: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
     finally:
         shutdown_distributed(info)
+
+
+def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
+    """validate(done): single-scale val mIoU (no flip, no CRF); RUN/seg/best.safetensors keeps
+    the best; one warning when, after a quarter of the iterations, the model still predicts
+    background everywhere."""
+    from banacli.artifacts import save_model
+    from banacli.runs import open_dataset, seg_arch
+    from banacli.train import log_line_for, segment_miou
+
+    cfg: SegConfig = ctx.section
+    data = ctx.config.data
+    val = open_dataset(ctx, data.val_split, with_gt=True)
+    emit = log_line_for(ctx)
+
+    def validate(done: int) -> None:
+        r = segment_miou(model, val, norm, info.device, num_classes)
+        st = validate.state
+        if not r["images"]:
+            if not st["warned"]:
+                st["warned"] = True
+                emit(f"train-seg: {data.val_split} has no ground-truth masks; no validation")
+            return
+        st["last"] = {"iteration": done, **r}
+        if st["best"] is None or r["miou"] > st["best"]["miou"]:
+            st["best"] = {"iteration": done, **r}
+            save_model(ctx.stage_dir / "best.safetensors", model.state_dict(), arch=seg_arch(cfg.model),
+                       class_names=val.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
+                       metrics={"val_miou": r["miou"], "iteration": done, "val_split": data.val_split},
+                       extra={"tau": cfg.tau})
+        best = st["best"]
+        emit(f"train-seg: iteration {done} val mIoU {100 * r['miou']:.1f}% (single scale, no CRF; best "
+             f"{100 * best['miou']:.1f}% at {best['iteration']}; all-background {100 * r['prior']:.1f}%)")
+        at_prior = r["miou"] <= r["prior"] + 0.005 or r["foreground"] < 0.001
+        if at_prior and done >= cfg.iterations // 4 and not st["warned"]:
+            st["warned"] = True
+            msg = (f"train-seg: warning: after {done} iterations val mIoU {100 * r['miou']:.1f}% is still the "
+                   f"all-background prior ({100 * r['prior']:.1f}%): the model predicts background almost "
+                   "everywhere. Try more --iterations, a higher --lr, starting from the classifier "
+                   "(--weights RUN/cls/model.safetensors), or check the pseudo labels (bana eval --what labels)")
+            ctx.logger.warning(msg)
+            if not ctx.quiet:
+                ctx.console.print(msg, markup=False, highlight=False)
+
+    validate.state = {"last": None, "best": None, "warned": False}
+    return validate
+
+
+run.writes_own_config = True  # config.yaml is written once training starts (cli.run_stage)
 
 
 stage = Stage(

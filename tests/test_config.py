@@ -35,7 +35,7 @@ def test_priority_file_then_options_then_set(tmp_path):
         (["cls.grid_sise=4"], "config: unknown key cls.grid_sise"),
         (["clss.grid_size=4"], "config: unknown key clss"),
         (["cls.grid_size=-1"], "config: cls.grid_size: Input should be greater than 0 (got -1)"),
-        (["cls.pooling=max"], "config: cls.pooling: Input should be 'bap' or 'gap' (got 'max')"),
+        (["cls.pooling=max"], "config: cls.pooling: Input should be 'bap', 'gap' or 'gap-paper' (got 'max')"),
         (["labels.bg_threshold=abc"], "config: labels.bg_threshold: Input should be a valid number"),
     ],
 )

@@ -13,6 +13,9 @@ five classes. A class has its own shape and texture and a hue band (jittered per
 Shapes fill only part of their box (about 40–80%), objects often overlap, and now and then a
 background region takes the colour of an object class, so "box as mask" pseudo labels are
 clearly imperfect while the classes stay easy to tell apart by appearance.
+With ``context=P`` a share P of the images draw their whole background from the "habitat" of
+the class of one of their objects (a texture family and hue range per class, see
+:data:`HABITATS` and docs/synthetic.md): the paper's situation where backgrounds go with classes.
 Boxes are the tight boxes of the *visible* object pixels (VOC practice), so the box of an
 instance in SegmentationObject equals its annotated box. Labels have no void border.
 
@@ -96,6 +99,70 @@ def _background(rng: np.random.Generator, n: int, object_colours: list[np.ndarra
             tex = colour * (1.0 + 0.2 * blotch)[..., None]
         sel = region == r
         img[sel] = np.broadcast_to(tex, (n, n, 3))[sel]
+    return img
+
+
+# ----------------------------------------------------------------------------- habitats
+# A context image (``generate(context=P)``, docs/synthetic.md) draws its whole background from
+# the habitat of one of its objects' classes: a hue range away from every object hue and a
+# texture family that ordinary backgrounds never use.
+HABITATS: dict[str, dict[str, Any]] = {
+    "ring": {"like": "sand", "hue": (22.0, 36.0), "sat": (0.25, 0.5), "val": (0.55, 0.85), "family": "grain"},
+    "star": {"like": "night sky", "hue": (235.0, 260.0), "sat": (0.3, 0.6), "val": (0.15, 0.35), "family": "speckle"},
+    "triangle": {"like": "water", "hue": (170.0, 195.0), "sat": (0.3, 0.6), "val": (0.4, 0.75), "family": "waves"},
+    "blob": {"like": "meadow", "hue": (75.0, 100.0), "sat": (0.3, 0.6), "val": (0.35, 0.7), "family": "tufts"},
+    "bar": {"like": "runway", "hue": (320.0, 345.0), "sat": (0.08, 0.25), "val": (0.35, 0.65), "family": "tiles"},
+}
+
+
+def _habitat_texture(family: str, colour: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, n, 3) float32 texture of one habitat region."""
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    if family == "grain":  # fine isotropic noise over soft blotches
+        blotch = _smooth_noise(rng, n, n, int(rng.integers(3, 6)))
+        grain = rng.normal(0, rng.uniform(0.08, 0.14), size=(n, n)).astype(np.float32)
+        return colour * (1.0 + 0.12 * blotch + grain)[..., None]
+    if family == "speckle":  # sparse bright points on a smooth field
+        field = 1.0 + 0.1 * _smooth_noise(rng, n, n, 3)
+        dots = (rng.random((n, n)) < rng.uniform(0.02, 0.05)).astype(np.float32)
+        out = colour * field[..., None] + dots[..., None] * rng.uniform(120, 200)
+        return out.astype(np.float32)
+    if family == "waves":  # wobbly sine ripples along one direction
+        ang = rng.uniform(0, np.pi)
+        period = rng.uniform(0.06, 0.12) * n
+        wobble = _smooth_noise(rng, n, n, 3) * rng.uniform(2.0, 4.0)
+        phase = (xx * np.cos(ang) + yy * np.sin(ang) + wobble) * (2 * np.pi / period)
+        return colour * (1.0 + 0.22 * np.sin(phase))[..., None]
+    if family == "tufts":  # short vertical strokes: noise blurred along one axis
+        noise = rng.normal(0, 1, size=(n, n)).astype(np.float32)
+        k = int(rng.integers(5, 9))
+        strokes = cv2.blur(noise, (1, k)) * np.sqrt(k)
+        return colour * (1.0 + 0.12 * np.clip(strokes, -2.5, 2.5))[..., None]
+    if family == "tiles":  # a grid of slabs with thin dark seams
+        size = rng.uniform(0.12, 0.22) * n
+        ox, oy = rng.uniform(0, size, size=2)
+        ix, iy = np.floor((xx + ox) / size), np.floor((yy + oy) / size)
+        slab = 1.0 + 0.08 * np.sin(ix * 12.9898 + iy * 78.233 + rng.uniform(0, 6.3))
+        seam = ((xx + ox) % size < 1.5) | ((yy + oy) % size < 1.5)
+        return colour * np.where(seam, 0.55, slab)[..., None]
+    raise ValueError(family)
+
+
+def _habitat_background(rng: np.random.Generator, n: int, cls: str) -> np.ndarray:
+    """(n, n, 3) float32: 2–4 Voronoi regions, all drawn from the habitat of ``cls``."""
+    hab = HABITATS[cls]
+    k = int(rng.integers(2, 5))
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    seeds = rng.uniform(0, n, size=(k, 2)).astype(np.float32)
+    dist = np.stack([np.hypot(xx - sx, yy - sy) for sx, sy in seeds])
+    dist += np.stack([_smooth_noise(rng, n, n, 3) for _ in range(k)]) * (0.12 * n)
+    region = dist.argmin(axis=0)
+    img = np.zeros((n, n, 3), dtype=np.float32)
+    for r in range(k):
+        colour = _hsv(rng.uniform(*hab["hue"]), rng.uniform(*hab["sat"]), rng.uniform(*hab["val"]))
+        tex = _habitat_texture(hab["family"], colour, n, rng)
+        sel = region == r
+        img[sel] = tex[sel]
     return img
 
 
@@ -197,8 +264,12 @@ def _texture(
     return tex.astype(np.float32)
 
 
-def _render(rng: np.random.Generator, n: int) -> dict[str, Any]:
-    """One image: RGB uint8, class map, instance map, boxes (K, 4), labels (K,), fill rates."""
+def _render(rng: np.random.Generator, n: int, habitat_pick: float | None = None) -> dict[str, Any]:
+    """One image: RGB uint8, class map, instance map, boxes (K, 4), labels (K,), fill rates.
+
+    ``habitat_pick`` in [0, 1) makes this a context image: the object at that quantile of the
+    object list gives the habitat class of the whole background (docs/synthetic.md).
+    """
     target = int(rng.integers(1, 5))
     objs: list[dict[str, Any]] = []
     inst = np.zeros((n, n), dtype=np.uint8)
@@ -226,7 +297,12 @@ def _render(rng: np.random.Generator, n: int) -> dict[str, Any]:
                 inst = trial
                 break
     colours = [_object_colour(o["cls"], rng) for o in objs]
-    img = _background(rng, n, colours)
+    habitat = None
+    if habitat_pick is not None and objs:
+        habitat = objs[int(habitat_pick * len(objs))]["cls"]
+        img = _habitat_background(rng, n, habitat)
+    else:
+        img = _background(rng, n, colours)
     boxes, labels, fills = [], [], []
     for i, (o, colour) in enumerate(zip(objs, colours), start=1):
         vis = inst == i
@@ -250,6 +326,7 @@ def _render(rng: np.random.Generator, n: int) -> dict[str, Any]:
         "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         "labels": np.asarray(labels, dtype=np.int64),
         "fill": fills,
+        "habitat": habitat,
     }
 
 
@@ -295,18 +372,25 @@ def generate(
     size: int,
     seed: int,
     val: int = 0,
+    context: float = 0.0,
     progress: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``images`` training and ``val`` validation images of ``size`` px to ``out``.
 
     Writes JPEGImages/, Annotations/, SegmentationClass/, SegmentationObject/,
     ImageSets/Segmentation/{train,val,trainval}.txt and classes.txt. Existing files of the
-    same names are replaced (atomically); nothing else is removed. ``progress(1)`` is called
+    same names are replaced (atomically); nothing else is removed. ``context`` = P: each image
+    is, with probability P, a context image whose background is the habitat of the class of
+    one of its objects (docs/synthetic.md); the draw uses its own stream
+    ``default_rng([seed, index, 1])``, so the other images are identical to those at P = 0.
+    ``progress(1)`` is called
     after each image. Returns a summary: counts, classes, mean fill rate (object pixels / box
     pixels) and ``box_miou``, the mIoU (0–1) of box-as-mask pseudo labels on the train split.
     """
     if images < 1 or val < 0:
         raise DataError(f"{out}: need at least 1 training image and val >= 0")
+    if not 0.0 <= context <= 1.0:
+        raise DataError(f"{out}: context must lie in [0, 1], got {context}")
     if size < 32:
         raise DataError(f"{out}: image size {size} is too small (minimum 32)")
     root = Path(out)
@@ -316,9 +400,13 @@ def generate(
     conf = {"train": np.zeros((nc, nc), np.int64), "val": np.zeros((nc, nc), np.int64)}
     fills: list[float] = []
     n_objects = 0
+    habitats: list[str | None] = []
     for i, image_id in enumerate(ids):
         rng = np.random.default_rng([seed, i])
-        r = _render(rng, size)
+        ctx_rng = np.random.default_rng([seed, i, 1])
+        in_context, pick = ctx_rng.random() < context, float(ctx_rng.random())
+        r = _render(rng, size, pick if in_context else None)
+        habitats.append(r["habitat"])
         atomic_write_bytes(root / IMAGE_DIR / f"{image_id}.jpg", _jpeg_bytes(r["image"]))
         atomic_write_text(
             root / ANNOTATION_DIR / f"{image_id}.xml",
@@ -339,12 +427,15 @@ def generate(
     atomic_write_text(splits / "val.txt", "".join(f"{x}\n" for x in ids[images:]))
     atomic_write_text(splits / "trainval.txt", "".join(f"{x}\n" for x in ids))
     atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in SYNTH_CLASSES))
+    atomic_write_text(root / "habitats.txt", "".join(f"{x} {h or '-'}\n" for x, h in zip(ids, habitats)))
     summary = {
         "root": str(root),
         "train": images,
         "val": val,
         "size": size,
         "seed": seed,
+        "context": context,
+        "context_images": sum(h is not None for h in habitats),
         "classes": list(SYNTH_CLASSES),
         "objects": n_objects,
         "mean_fill_rate": float(np.mean(fills)) if fills else 0.0,

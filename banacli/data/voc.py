@@ -99,8 +99,37 @@ def split_path(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / SPLIT_DIR / f"{split}.txt"
 
 
-def read_split(root: str | os.PathLike, split: str) -> list[str]:
-    """Image ids of ROOT/ImageSets/Segmentation/SPLIT.txt (the first token of each line)."""
+def check_image_id(image_id: str, where: str) -> str:
+    """The one check every image id passes before it becomes part of a file name.
+
+    An id names files inside ROOT/JPEGImages, ROOT/Annotations and the run directory, so it
+    must be a plain file name: no path separator, not ``.``/``..``, no whitespace or control
+    characters. ``where`` (e.g. ``split.txt:12``) starts the error message.
+    """
+    why = None
+    if not image_id:
+        why = "is empty"
+    elif "/" in image_id or "\\" in image_id:
+        why = "holds a path separator"
+    elif image_id in (".", ".."):
+        why = "is '.' or '..'"
+    elif any(ch.isspace() for ch in image_id):
+        why = "holds whitespace"
+    elif any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in image_id):
+        why = "holds a control character"
+    if why is not None:
+        raise DataError(f"{where}: image id {image_id!r} {why}; an id must be a plain file name "
+                        "(no folders, spaces or control characters)")
+    return image_id
+
+
+_SPLIT_FLAGS = {"-1", "0", "1"}  # ImageSets/Main style: "ID FLAG"
+
+
+def read_split_checked(root: str | os.PathLike, split: str) -> tuple[list[str], list[str]]:
+    """(ids, notes) of ROOT/ImageSets/Segmentation/SPLIT.txt: one id a line, each checked by
+    ``check_image_id``; a second token is allowed only as a VOC flag (-1, 0, 1). An id listed
+    twice is used once, and ``notes`` holds a warning line naming the file and the lines."""
     path = split_path(root, split)
     if not path.is_file():
         have = sorted(p.stem for p in path.parent.glob("*.txt")) if path.parent.is_dir() else []
@@ -108,12 +137,40 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
         raise DataError(f"{path}: split file not found{hint}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    ids = [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    first_line: dict[str, int] = {}
+    dups: list[tuple[str, int, int]] = []
+    for n, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        tokens = text.split()
+        if len(tokens) > 1 and not (len(tokens) == 2 and tokens[1] in _SPLIT_FLAGS):
+            check_image_id(text, f"{path}:{n}")  # reports the whitespace
+        image_id = check_image_id(tokens[0], f"{path}:{n}")
+        if image_id in first_line:
+            dups.append((image_id, first_line[image_id], n))
+        else:
+            first_line[image_id] = n
+    ids = list(first_line)
     if not ids:
         raise DataError(f"{path}: split file lists no image ids")
-    return ids
+    notes = []
+    if dups:
+        i, a, b = dups[0]
+        more = f" and {len(dups) - 1} more" if len(dups) > 1 else ""
+        notes.append(f"warning: {path}: id {i!r} is listed twice (lines {a} and {b}){more}; "
+                     "each id is used once")
+    return ids, notes
+
+
+def read_split(root: str | os.PathLike, split: str) -> list[str]:
+    """Image ids of ROOT/ImageSets/Segmentation/SPLIT.txt, checked and without duplicates
+    (see ``read_split_checked``)."""
+    return read_split_checked(root, split)[0]
 
 
 # ----------------------------------------------------------------------------- samples
@@ -129,6 +186,15 @@ class Sample:
     labels: np.ndarray  # (K,) int64 in 1..L
     gt: np.ndarray | None = None  # (H, W) uint8, 0 background, 1..L, 255 void
     difficult: np.ndarray | None = None  # (K,) bool, VOC's <difficult> flag
+    orig_hw: tuple[int, int] | None = None  # (H, W) of the file; differs from image's when reduced
+    #: (H, W) bool or None: pixels that are neither objects to label nor definite background
+    #: (COCO ``iscrowd`` regions, see banacli/data/coco.py); VOC samples have None.
+    ignore: np.ndarray | None = None
+
+    @property
+    def reduced(self) -> bool:
+        """True when the image was shrunk to ``data.max_side`` (see ``shrink_sample``)."""
+        return self.orig_hw is not None and self.orig_hw != self.image.shape[:2]
 
     @property
     def height(self) -> int:
@@ -139,8 +205,9 @@ class Sample:
         return int(self.image.shape[1])
 
     def background(self) -> np.ndarray:
-        """The definite-background mask M of this sample, (H, W) bool."""
-        return definite_background(self.boxes, self.height, self.width)
+        """The definite-background mask M of this sample, (H, W) bool (ignored pixels excluded)."""
+        m = definite_background(self.boxes, self.height, self.width)
+        return m if self.ignore is None else m & ~self.ignore
 
 
 def box_pixel_ranges(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -173,6 +240,7 @@ def definite_background(boxes: np.ndarray, height: int, width: int) -> np.ndarra
 
 
 def find_image(root: str | os.PathLike, image_id: str) -> Path:
+    check_image_id(image_id, str(Path(root) / IMAGE_DIR))
     base = Path(root) / IMAGE_DIR
     for suffix in IMAGE_SUFFIXES:
         p = base / f"{image_id}{suffix}"
@@ -182,10 +250,22 @@ def find_image(root: str | os.PathLike, image_id: str) -> Path:
 
 
 def annotation_path(root: str | os.PathLike, image_id: str) -> Path:
+    check_image_id(image_id, str(Path(root) / ANNOTATION_DIR))
     return Path(root) / ANNOTATION_DIR / f"{image_id}.xml"
 
 
+def read_annotation_bytes(path: Path) -> bytes:
+    """The raw bytes of an annotation file (for hashing); DataError when missing or unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read annotation ({exc.strerror or exc})") from None
+
+
 def find_gt(root: str | os.PathLike, image_id: str) -> Path | None:
+    check_image_id(image_id, str(root))
     for d in GT_DIRS:
         p = Path(root) / d / f"{image_id}.png"
         if p.is_file():
@@ -198,6 +278,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            fmt = img.format
             if img.mode != "RGB":
                 if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                     arr = np.array(img).astype(np.float64)
@@ -205,11 +286,50 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                     g = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
                     return np.repeat(g[:, :, None], 3, axis=2)
                 img = img.convert("RGB")
-            return np.asarray(img, dtype=np.uint8).copy()
+            arr = np.asarray(img, dtype=np.uint8).copy()
+        if fmt == "JPEG" and _jpeg_is_cut(path, arr):
+            raise DataError(f"{path}: JPEG data is cut short (the file ends with an end-of-image "
+                            "marker, but image data is missing before it; the missing part would "
+                            "decode as a flat grey area)")
+        return arr
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
+
+
+def _decode_bytes(data: bytes) -> np.ndarray:
+    import io
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(img)
+
+
+def _jpeg_is_cut(path: str | os.PathLike, arr: np.ndarray, pad: int = 256) -> bool:
+    """True when a decoded JPEG ran out of scan data before its end-of-image marker.
+
+    libjpeg fills the blocks it has no data for with flat blocks and only warns (PIL keeps
+    quiet), so a file cut in half with an EOI marker appended decodes "fine". Cheap gate: the
+    last 16x16 MCU of a cut file is flat. Confirmation: decode again with zero bytes inserted
+    before the final marker; a complete scan ignores them, a cut one decodes them as image data,
+    so the two decodes differ only when data was missing.
+    """
+    h, w = arr.shape[:2]
+    block = arr[((h - 1) // 16) * 16 :, ((w - 1) // 16) * 16 :]
+    if not (block == block[:1, :1]).all():
+        return False
+    with open(path, "rb") as fh:
+        data = fh.read()
+    end = data.rfind(b"\xff\xd9")
+    if end < 0:
+        return False
+    try:
+        padded = _decode_bytes(data[:end] + b"\x00" * pad + data[end:])
+        plain = _decode_bytes(data)
+    except (OSError, SyntaxError, ValueError):
+        return True
+    return padded.shape != plain.shape or bool((padded != plain).any())
 
 
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
@@ -344,8 +464,13 @@ def load_sample(
     *,
     with_gt: bool = True,
     annotation: Annotation | None = None,
+    max_side: int | None = None,
 ) -> Sample:
-    """Read one image, its boxes and (if ``with_gt`` and present) its ground-truth mask."""
+    """Read one image, its boxes and (if ``with_gt`` and present) its ground-truth mask.
+
+    With ``max_side``, an image whose longer side exceeds it is shrunk (``shrink_sample``);
+    ``Sample.orig_hw`` keeps the file's size so outputs can be written at full size.
+    """
     class_ids = {name: i + 1 for i, name in enumerate(classes)}
     xml = annotation_path(root, image_id)
     img_path = find_image(root, image_id)
@@ -368,10 +493,55 @@ def load_sample(
                     f"{gt_path}: label value {int(bad[0])} is neither a class id "
                     f"(0..{len(classes)}) nor void (255)"
                 )
-    return Sample(
+    sample = Sample(
         id=image_id, image=image, boxes=boxes, labels=ann.labels.copy(), gt=gt,
-        difficult=ann.difficult.copy(),
+        difficult=ann.difficult.copy(), orig_hw=(h, w),
     )
+    return shrink_sample(sample, max_side) if max_side else sample
+
+
+def reduced_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(H, W) after scaling the longer side down to ``max_side`` (unchanged when it fits)."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def shrink_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 resized to ``hw`` with PIL's antialiased bilinear filter."""
+    if image.shape[:2] == tuple(hw):
+        return image
+    return np.array(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+def shrink_sample(sample: Sample, max_side: int | None) -> Sample:
+    """Scale a sample so its longer side is at most ``max_side``: the image bilinear, the boxes
+    by the same factors, the ground truth nearest. ``orig_hw`` keeps the file's size."""
+    h, w = sample.image.shape[:2]
+    nh, nw = reduced_size(h, w, max_side)
+    if (nh, nw) == (h, w):
+        return sample
+    boxes = sample.boxes.astype(np.float32) * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+    return Sample(
+        id=sample.id, image=shrink_image(sample.image, (nh, nw)), boxes=boxes, labels=sample.labels,
+        gt=None if sample.gt is None else resize_label(sample.gt, (nh, nw)), difficult=sample.difficult,
+        orig_hw=sample.orig_hw or (h, w),
+        ignore=None if sample.ignore is None else resize_label(sample.ignore, (nh, nw)),
+    )
+
+
+def resize_label(label: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
+    """A label map resized to ``hw`` by nearest neighbour (pixel centres); unchanged (the same
+    array) when it already has that size or ``hw`` is None. Used to write labels of a reduced
+    image at the file's full size, and to read full-size labels at a reduced size."""
+    if hw is None or label.shape[:2] == tuple(hw):
+        return label
+    h, w = label.shape[:2]
+    H, W = int(hw[0]), int(hw[1])
+    rows = np.minimum(((np.arange(H) + 0.5) * (h / H)).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * (w / W)).astype(np.int64), w - 1)
+    return np.ascontiguousarray(label[rows][:, cols])
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -388,6 +558,10 @@ class VOCDataset:
     the ground-truth file opened) and leaves bad ones out; ``skipped`` lists ``(id, reason)``
     and ``summary()`` reports them. ``check_images="decode"`` decodes every image in that
     check, which also catches corrupt image data the header check cannot see.
+
+    ``max_side`` shrinks images whose longer side exceeds it (``shrink_sample``) and
+    ``notify`` gets one line per such image; ``notes`` holds warnings about the split file
+    (an id listed twice is used once).
     """
 
     def __init__(
@@ -400,6 +574,8 @@ class VOCDataset:
         with_gt: bool = True,
         on_error: Literal["raise", "skip"] = "raise",
         check_images: Literal["header", "decode"] = "header",
+        max_side: int | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -412,7 +588,10 @@ class VOCDataset:
         self.transform = transform
         self.with_gt = with_gt
         self.on_error = on_error
-        self.all_ids = read_split(self.root, split)
+        self.max_side = max_side
+        self.notify = notify
+        self._reported: set[str] = set()
+        self.all_ids, self.notes = read_split_checked(self.root, split)
         self.skipped: list[tuple[str, str]] = []
         self._annotations: dict[str, Annotation] = {}
         if on_error == "skip":
@@ -431,10 +610,21 @@ class VOCDataset:
         else:
             self.ids = list(self.all_ids)
 
+    format = "voc"
+
     @property
     def class_names(self) -> list[str]:
         """Names of all label ids, background first: ``["background", *classes]``."""
         return ["background", *self.classes]
+
+    def image_path(self, image_id: str) -> Path:
+        return find_image(self.root, image_id)
+
+    def box_labels(self, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (clipped to ``width`` x ``height``) and labels of item ``index`` without decoding its image."""
+        image_id = self.ids[index]
+        ann = self._annotations.get(image_id) or parse_annotation(annotation_path(self.root, image_id), self.class_ids)
+        return clip_boxes(ann.boxes, width, height, annotation_path(self.root, image_id)), ann.labels.copy()
 
     def _check(self, image_id: str, how: str) -> Annotation:
         xml = annotation_path(self.root, image_id)
@@ -461,12 +651,29 @@ class VOCDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def background_fraction(self, index: int) -> float:
+        """Fraction of the image's pixels outside every box (from the XML and the image header;
+        no decoding). Images at or below ``cls.bg_fallback`` give BAP no background queries."""
+        image_id = self.ids[index]
+        ann = self._annotations.get(image_id) or parse_annotation(annotation_path(self.root, image_id), self.class_ids)
+        w, h = check_image(find_image(self.root, image_id))
+        h2, w2 = reduced_size(h, w, 500)  # the fraction hardly depends on the grid; keep it cheap
+        boxes = clip_boxes(ann.boxes, w, h, annotation_path(self.root, image_id))
+        boxes = boxes * np.array([w2 / w, h2 / h, w2 / w, h2 / h], np.float32)
+        return float(definite_background(boxes, h2, w2).mean())
+
     def load(self, index: int) -> Sample:
         image_id = self.ids[index]
-        return load_sample(
+        sample = load_sample(
             self.root, image_id, self.classes, with_gt=self.with_gt,
-            annotation=self._annotations.get(image_id),
+            annotation=self._annotations.get(image_id), max_side=self.max_side,
         )
+        if sample.reduced and self.notify is not None and image_id not in self._reported:
+            self._reported.add(image_id)
+            (h, w), (rh, rw) = sample.orig_hw, sample.image.shape[:2]
+            self.notify(f"{image_id}: {w}x{h} image processed at reduced size {rw}x{rh} "
+                        f"(data.max_side={self.max_side}); outputs are written at {w}x{h}")
+        return sample
 
     def __getitem__(self, index: int) -> Any:
         sample = self.load(index)

@@ -58,9 +58,12 @@ class CosineClassifier(nn.Module):
         nn.init.normal_(self.weight, 0.0, 0.01)
 
     def forward(self, phi: Tensor) -> Tensor:  # (B, C, h, w) -> (B, K, h, w)
-        phi_n = F.normalize(phi, dim=1, eps=1e-6)
-        w_n = F.normalize(self.weight, dim=1, eps=1e-6)
-        return self.tau * F.conv2d(phi_n, w_n)
+        # float32 also under autocast: the NAL's confidence (1 + cos)^gamma ratio (gamma = 7)
+        # and the cosines themselves must not be rounded to bf16
+        with torch.autocast(device_type=phi.device.type, enabled=False):
+            phi_n = F.normalize(phi.float(), dim=1, eps=1e-6)
+            w_n = F.normalize(self.weight.float(), dim=1, eps=1e-6)
+            return self.tau * F.conv2d(phi_n, w_n)
 
 
 class ASPP(nn.Module):

@@ -95,11 +95,52 @@ def is_torchvision_vgg_state(sd: Mapping[str, Tensor]) -> bool:
     return any(k.startswith("features.") for k in sd)
 
 
-def vgg16_from_torchvision_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+# fc6/fc7 from torchvision's fully connected layers, as DeepLab built its ``vgg16_20M``
+# (DeepLab-LargeFOV paper, Sec. 3.1: "subsample the first FC layer by 4 (4096 -> 1024
+# filters) and spatially by 3 (7x7 -> 3x3 taps)"). The indices below are our choice — every
+# 4th filter starting at 0, and taps 0, 3, 6 of the 7x7 grid — and were NOT verified against
+# the released vgg16_20M caffemodel. fc7 keeps the same 1024 outputs and, as inputs, the same
+# 1024 fc6 filters (rows and columns 0::4). No rescaling is applied.
+FC_SUBSAMPLE = 4
+FC6_TAPS: tuple[int, ...] = (0, 3, 6)
+_TV_FC6, _TV_FC7 = "classifier.0", "classifier.3"
+
+
+def derive_fc_from_torchvision(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """fc6/fc7 in our naming from torchvision's ``classifier.0`` (4096 x 25088) and
+    ``classifier.3`` (4096 x 4096); {} when they are absent or not of those shapes.
+
+    fc6: the Linear over the flattened (512, 7, 7) pool5 output is a 7x7 convolution
+    (4096, 512, 7, 7); keep filters 0::4 and taps FC6_TAPS in both directions -> (1024, 512, 3, 3),
+    bias 0::4. fc7: (4096, 4096)[0::4, 0::4] -> (1024, 1024, 1, 1), bias 0::4.
+    """
+    keys = [f"{_TV_FC6}.weight", f"{_TV_FC6}.bias", f"{_TV_FC7}.weight", f"{_TV_FC7}.bias"]
+    if not all(k in sd for k in keys):
+        return {}
+    w6, b6, w7, b7 = (sd[k] for k in keys)
+    # torchvision: (4096, 512 * 7 * 7) and (4096, 4096); any width divisible by 4 is accepted
+    n = w6.shape[0] if w6.dim() == 2 else 0
+    if (w6.dim() != 2 or n % FC_SUBSAMPLE or w6.shape[1] % 49 or tuple(w7.shape) != (n, n)
+            or tuple(b6.shape) != (n,) or tuple(b7.shape) != (n,)):
+        return {}
+    keep = slice(0, n, FC_SUBSAMPLE)
+    taps = list(FC6_TAPS)
+    fc6 = w6.reshape(n, w6.shape[1] // 49, 7, 7)[keep][:, :, taps][:, :, :, taps]
+    fc7 = w7[keep][:, keep]
+    return {
+        "fc6.weight": fc6.contiguous().clone(),
+        "fc6.bias": b6[keep].contiguous().clone(),
+        "fc7.weight": fc7.reshape(fc7.shape[0], fc7.shape[1], 1, 1).contiguous().clone(),
+        "fc7.bias": b7[keep].contiguous().clone(),
+    }
+
+
+def vgg16_from_torchvision_state(sd: Mapping[str, Tensor], *, with_fc: bool = False) -> dict[str, Tensor]:
     """Map torchvision ``vgg16`` keys (``features.N.weight``) to ours (``conv1_1.weight``).
 
-    Only the 13 convolutions are mapped; torchvision's ``classifier.*`` (fully connected
-    4096-wide layers) has no counterpart, so fc6/fc7 stay randomly initialised.
+    The 13 convolutions are mapped one to one. With ``with_fc``, fc6/fc7 are derived from
+    torchvision's fully connected layers (:func:`derive_fc_from_torchvision`) when present;
+    otherwise they stay randomly initialised.
     """
     out: dict[str, Tensor] = {}
     for name, idx in zip(CONV_NAMES, _TORCHVISION_FEATURE_INDEX):
@@ -108,6 +149,8 @@ def vgg16_from_torchvision_state(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
             if key not in sd:
                 raise BanaError(f"not a torchvision VGG-16 state dict: key {key!r} is missing")
             out[f"{name}.{p}"] = sd[key]
+    if with_fc:
+        out.update(derive_fc_from_torchvision(sd))
     return out
 
 

@@ -17,6 +17,23 @@ quotient of the two, so bilinear sampling (several samples per bin, adaptive lik
 roi_align's default) plays the role of the reference's per-box ``grid_sample`` crop.
 A tiny constant ``POOL_EPS`` is added to the weights so that a bin whose pixels all look like
 background (w ~ 0) degrades to the plain mean instead of dividing by zero.
+
+Precision. Under ``torch.autocast`` (``amp: true``) the backbone may run in bf16/fp16, but the
+background queries, the attention A, the pooling weights 1 - A, the pooled features and the
+logits of :func:`bap_loss` are computed in float32 with autocast disabled: in bf16, A in
+[0.9, 1) takes only 17 distinct values and 1 - A is off by 3% on average (16% at worst),
+which would change the method, not just its speed.
+
+Poolings (``pooling=``):
+
+- ``bap``: Eq. 4 with the attention A, plus the valid background queries as class-0 samples.
+- ``gap``: A = 0 (each bin a plain average over the box) but the background queries are kept
+  as class-0 samples: bana's ablation of the attention alone.
+- ``gap-paper``: the paper's GAP baseline (Sec. 4.2, "a CNN with GAP for image
+  classification"): A = 0 and no background samples; the loss is the softmax
+  cross-entropy of the foreground bins only (the background class of the classifier then
+  gets no positive sample). Its pseudo labels are made by the same stage 2 as BAP's (see
+  docs/bap-vs-gap.md for where the background score comes from).
 """
 
 from __future__ import annotations
@@ -30,7 +47,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 POOL_EPS = 1e-6
-POOLINGS: tuple[str, ...] = ("bap", "gap")
+POOLINGS: tuple[str, ...] = ("bap", "gap", "gap-paper")
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -188,7 +205,9 @@ def bap_loss(
 
     An image whose mean of M (over the whole input, padding included) is <= ``bg_fallback``
     gets A = 0 (GAP) for its boxes and contributes no background queries. ``pooling="gap"``
-    sets A = 0 everywhere but keeps the background queries as class-0 samples (the ablation).
+    sets A = 0 everywhere but keeps the background queries as class-0 samples (the ablation);
+    ``pooling="gap-paper"`` sets A = 0 and uses no background samples (the paper's baseline).
+    Everything after the backbone runs in float32, also under autocast (module docstring).
 
     Returns loss (scalar), logits (N*R*R + J, K) with targets (same order: all foreground bins
     box by box, then the valid queries image by image), attention (B, h, w) A,
@@ -201,7 +220,13 @@ def bap_loss(
     if weight.shape[1] != C:
         raise ValueError(f"classifier expects {weight.shape[1]} channels, features have {C}")
     R = _pair(roi_size)
+    with torch.autocast(device_type=feats.device.type, enabled=False):
+        return _bap_loss_fp32(feats.float(), weight.float(), boxes, box_labels, bg_mask, stride=stride,
+                              grid_size=grid_size, R=R, pooling=pooling, bg_fallback=bg_fallback)
 
+
+def _bap_loss_fp32(feats, weight, boxes, box_labels, bg_mask, *, stride, grid_size, R, pooling, bg_fallback):
+    B, C, h, w = feats.shape
     enough_bg = bg_mask.to(torch.float32).flatten(1).mean(dim=1) > bg_fallback  # (B,)
     m = downsample_mask(bg_mask, (h, w), stride=stride).to(feats.dtype)
     m = m * enough_bg[:, None, None].to(feats.dtype)
@@ -214,7 +239,7 @@ def bap_loss(
     fboxes = boxes_to_feature_coords(boxes, stride).to(feats.device)
     fg = pool_boxes(feats, 1.0 - attention, fboxes, R)  # (N, R*R, C)
     fg_targets = box_labels.to(device=feats.device, dtype=torch.long).repeat_interleave(R[0] * R[1])
-    bg = queries[valid]  # (J, C)
+    bg = queries[valid] if pooling != "gap-paper" else queries.new_zeros((0, C))  # (J, C)
     bg_targets = torch.zeros(bg.shape[0], dtype=torch.long, device=feats.device)
 
     samples = torch.cat([fg.reshape(-1, C), bg], dim=0)

@@ -22,6 +22,14 @@ ceil(x1) - 1`` and rows ``floor(y0) .. ceil(y1) - 1``, clipped to the image; a b
 would cover no pixel (x1 <= x0 after rounding) is widened to one pixel. Integer boxes
 (the usual case after converting VOC's 1-based inclusive boxes) are used as they are.
 
+``box_convention="authors"`` reproduces the authors' stage 2 bit for bit (docs/method.md): the
+foreground extents — CAM support and per-box maximum (step 5), the post-CRF class mask (step
+8) and the retrieval class mask (step 9) — are their ``[ymin:ymax, xmin:xmax]`` slices of the
+1-based VOC values after a float32 normalise/denormalise round trip truncated by ``.long()``
+(:func:`authors_extents`), and where boxes of one class overlap the later box's normalised CAM
+wins. The background mask, the background queries and "background outside the boxes" keep the
+full (VOC) boxes in both conventions.
+
 Memory. The naive path (``exact=True``) upsamples all C channels to H×W, like the
 reference implementation: C·H·W floats (0.77 GB for C = 1024 at 500×375). The default
 path never builds that tensor. Bilinear upsampling is linear, f_up = U f with the
@@ -53,6 +61,9 @@ __all__ = [
     "Unaries",
     "FeatureField",
     "box_extents",
+    "authors_extents",
+    "foreground_extents",
+    "BOX_CONVENTIONS",
     "check_box_labels",
     "background_attention",
     "compute_unaries",
@@ -63,6 +74,7 @@ __all__ = [
 
 _EPS_NORM = 1e-12  # as F.normalize: x / max(||x||, eps)
 _EPS_MAX = 1e-12  # as the reference: CAM / (max + 1e-12)
+BOX_CONVENTIONS = ("voc", "authors")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -79,6 +91,8 @@ class PseudoLabelParams:
     class_agnostic: paper Table 2 ("VOC-to-COCO"): every box class uses 1 − u0 as its
         foreground score; no classifier weights are needed for those classes.
     crf: DenseCRF parameters for step 7.
+    box_convention: "voc" (default: every pixel a box touches) or "authors" (the authors'
+        foreground extents, see the module docstring and :func:`authors_extents`).
     """
 
     grid_size: int = 1
@@ -86,8 +100,11 @@ class PseudoLabelParams:
     use_u0: bool = True
     class_agnostic: bool = False
     crf: CRFParams = field(default_factory=CRFParams)
+    box_convention: str = "voc"
 
     def __post_init__(self) -> None:
+        if self.box_convention not in BOX_CONVENTIONS:
+            raise ConfigError(f"box_convention must be one of {', '.join(BOX_CONVENTIONS)}, got {self.box_convention!r}")
         if isinstance(self.grid_size, bool) or int(self.grid_size) != self.grid_size or self.grid_size < 1:
             raise ConfigError(f"grid_size must be a positive integer, got {self.grid_size!r}")
         if not 0.0 <= float(self.bg_threshold) <= 1.0:
@@ -316,6 +333,50 @@ def check_box_labels(labels: np.ndarray | Sequence[int], n_boxes: int) -> np.nda
     return lab.astype(np.int64)
 
 
+def authors_extents(boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """The authors' foreground extents of 0-based exclusive-end boxes: int64 (K, 4)
+    ``x0, y0, x1, y1`` to slice as ``[y0:y1, x0:x1]`` (possibly empty).
+
+    Their loader keeps VOC's 1-based values ``xmin = x0 + 1, ymin = y0 + 1, xmax = x1, ymax =
+    y1`` as float32, normalises them with ``v / n - 1`` (n = (size - 1) / 2, numpy float32),
+    denormalises with ``b * n + n`` (torch float32) and truncates with ``.long()``; stage 2 then
+    slices ``[ymin:ymax, xmin:xmax]``, which drops the box's first row and column, and a
+    truncated coordinate (27 -> 26 for some sizes) moves an edge by one more pixel.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xml = np.stack([b[:, 0] + 1, b[:, 1] + 1, b[:, 2], b[:, 3]], axis=1).astype(np.float32)
+    size = np.array([width, height, width, height], dtype=np.float64)
+    out = np.empty(xml.shape, dtype=np.int64)
+    for j in range(4):  # column by column, with each library's own float32 arithmetic
+        n = (size[j] - 1) / 2
+        normed = xml[:, j] / n - 1  # numpy: float32 array with a python float stays float32
+        t = torch.from_numpy(np.ascontiguousarray(normed, dtype=np.float32))
+        out[:, j] = (t * n + n).long().numpy()  # torch: float32 arithmetic, truncation toward 0
+    lim = np.array([width, height, width, height])
+    return np.clip(out, 0, lim)
+
+
+def foreground_extents(boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int,
+                       convention: str = "voc") -> np.ndarray:
+    """The extents a box's class owns (CAM support, CRF and retrieval class masks)."""
+    if convention == "authors":
+        return authors_extents(boxes, height, width)
+    if convention != "voc":
+        raise ConfigError(f"box_convention must be one of {', '.join(BOX_CONVENTIONS)}, got {convention!r}")
+    return box_extents(boxes, height, width)
+
+
+def _normalise_per_box_later_wins(raw: np.ndarray, ext: np.ndarray) -> np.ndarray:
+    """The authors' Eq. 5: each box in turn writes raw / max(raw in that box); later boxes win."""
+    out = np.zeros_like(raw)
+    for x0, y0, x1, y1 in ext:
+        region = raw[y0:y1, x0:x1]
+        if region.size == 0:
+            continue
+        out[y0:y1, x0:x1] = region / (region.max() + _EPS_MAX)
+    return out
+
+
 def _union_mask(ext: np.ndarray, height: int, width: int, select: np.ndarray | None = None) -> np.ndarray:
     mask = np.zeros((height, width), dtype=bool)
     for k, (x0, y0, x1, y1) in enumerate(ext):
@@ -416,15 +477,20 @@ def compute_unaries(
     *,
     use_u0: bool = True,
     class_agnostic: bool = False,
+    box_convention: str = "voc",
 ) -> Unaries:
     """Steps 4–6: u0 (Eq. 7), u_c (Eqs. 5–6) and the CRF input probabilities.
 
     weight: classifier weight (L+1, C[, 1, 1]); may be None when ``class_agnostic`` and
     ``use_u0`` (nothing then reads it). Channel order of ``probs``: (0, sorted classes).
+    box_convention: "authors" takes each class's extents from :func:`authors_extents` (the
+    later of overlapping boxes wins); u0 and "inside the boxes" keep the full boxes.
     """
     height, width = field.size
     ext = box_extents(boxes, height, width)
     lab = check_box_labels(labels, len(ext))
+    authors = box_convention == "authors"
+    fg_ext = foreground_extents(boxes, height, width, box_convention)
     w = _as_weight(weight)
     classes = tuple(int(c) for c in np.unique(lab))
     inside = _union_mask(ext, height, width)
@@ -457,7 +523,9 @@ def compute_unaries(
     for i, c in enumerate(classes):
         sel = lab == c
         if class_agnostic:
-            fg = np.where(_union_mask(ext, height, width, sel), 1.0 - u0_att, 0.0)
+            fg = np.where(_union_mask(fg_ext, height, width, sel), 1.0 - u0_att, 0.0)
+        elif authors:
+            fg = _normalise_per_box_later_wins(raw_cams[i], fg_ext[sel])
         else:
             fg = _normalise_per_box(raw_cams[i], ext[sel])
         cams[c] = fg.astype(np.float32)
@@ -480,15 +548,18 @@ def refine_with_crf(
     labels: np.ndarray | Sequence[int],
     classes: Sequence[int],
     crf: CRFParams = CRFParams(),
+    *,
+    box_convention: str = "voc",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Steps 7–8: DenseCRF, zero each class's marginal outside its boxes, argmax.
 
     classes: the class id of each channel of probs (channel 0 is the background).
     Returns (Ycrf uint8 (H, W) of class ids, marginals float32 (n, H, W), masked).
+    box_convention: the class masks of step 8 (see :func:`foreground_extents`).
     """
     image = np.asarray(image)
     height, width = image.shape[:2]
-    ext = box_extents(boxes, height, width)
+    ext = foreground_extents(boxes, height, width, box_convention)
     lab = check_box_labels(labels, len(ext))
     if len(classes) == 1:  # no boxes: nothing to refine, all background
         marginals = np.array(probs, dtype=np.float32, copy=True)
@@ -513,6 +584,7 @@ def retrieve_labels(
     weight: torch.Tensor | np.ndarray | None = None,
     *,
     fallback: Mapping[int, np.ndarray] | None = None,
+    box_convention: str = "voc",
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Step 9 (Eqs. 8–9): Yret from prototypes of Ycrf.
 
@@ -522,10 +594,13 @@ def retrieve_labels(
     background), else a zero prototype (C_c = 0). C_c = ReLU(cos(f_up, q_c)); C_0 := 1
     outside all boxes; each foreground C_c := 0 outside its boxes; argmax (ties go to the
     lower channel, i.e. the background). Returns (Yret uint8, {class: C_c float32}).
+    box_convention: the foreground class masks (see :func:`foreground_extents`); C_0 = 1
+    outside the full boxes in both conventions.
     """
     height, width = field.size
     ext = box_extents(boxes, height, width)
     lab = check_box_labels(labels, len(ext))
+    fg_ext = ext if box_convention == "voc" else foreground_extents(boxes, height, width, box_convention)
     w = _as_weight(weight)
     ycrf = np.asarray(ycrf)
     inside = _union_mask(ext, height, width)
@@ -544,7 +619,7 @@ def retrieve_labels(
         if c == 0:
             corr[i][~inside] = 1.0
         else:
-            corr[i] *= _union_mask(ext, height, width, lab == c)
+            corr[i] *= _union_mask(fg_ext, height, width, lab == c)
     ids = np.asarray(classes, dtype=np.uint8)
     return ids[corr.argmax(0)], {int(c): corr[i] for i, c in enumerate(classes)}
 
@@ -561,6 +636,7 @@ def generate_pseudo_labels(
     params: PseudoLabelParams = PseudoLabelParams(),
     *,
     exact: bool = False,
+    ignore: np.ndarray | None = None,
 ) -> PseudoLabels:
     """Ycrf and Yret for one image (SPEC stage 2, steps 1–9).
 
@@ -568,6 +644,9 @@ def generate_pseudo_labels(
     (stride 8). weight: classifier 1×1 conv weight (L+1, C[, 1, 1]); None is allowed in
     class-agnostic mode. boxes: float (K, 4) x0, y0, x1, y1 (see module docstring);
     labels: (K,) class ids in 1..L. ``exact=True`` takes the naive full-resolution path.
+    ``ignore``: optional (H, W) bool of pixels that are neither objects nor definite background
+    (COCO crowd regions): no background query uses them and Ycrf, Yret are 255 there (outside
+    every box). None (the default) changes nothing.
     An image without boxes is all background.
     """
     image = np.asarray(image)
@@ -578,21 +657,29 @@ def generate_pseudo_labels(
     lab = check_box_labels(labels, len(boxes))
     ext = box_extents(boxes, height, width)
 
+    # the functions below derive every extent from the boxes they get; the authors' convention
+    # needs the original values (their round trip), the VOC one the same pixel extents as ever
+    conv = params.box_convention
+    bx = ext if conv == "voc" else boxes
     field_ = FeatureField(feats, (height, width), exact=exact)  # step 1
     inside = _union_mask(ext, height, width)
+    ign = None if ignore is None else np.asarray(ignore, dtype=bool) & ~inside
     attention = background_attention(  # steps 2–3
-        field_, ~inside, grid_size=params.grid_size, threshold=params.bg_threshold
+        field_, ~inside if ign is None else ~inside & ~ign, grid_size=params.grid_size,
+        threshold=params.bg_threshold,
     )
     unaries = compute_unaries(  # steps 4–6
         field_,
         weight,
-        ext,
+        bx,
         lab,
         attention,
         use_u0=params.use_u0,
         class_agnostic=params.class_agnostic,
+        box_convention=conv,
     )
-    ycrf, marginals = refine_with_crf(image, unaries.probs, ext, lab, unaries.classes, params.crf)  # 7–8
+    ycrf, marginals = refine_with_crf(image, unaries.probs, bx, lab, unaries.classes, params.crf,  # 7–8
+                                      box_convention=conv)
 
     fallback = None
     if params.class_agnostic:
@@ -601,12 +688,17 @@ def generate_pseudo_labels(
     yret, corr = retrieve_labels(  # step 9
         field_,
         ycrf,
-        ext,
+        bx,
         lab,
         unaries.classes,
         None if params.class_agnostic else weight,
         fallback=fallback,
+        box_convention=conv,
     )
+    if ign is not None:
+        ycrf, yret = ycrf.copy(), yret.copy()
+        ycrf[ign] = 255
+        yret[ign] = 255
     return PseudoLabels(
         ycrf=ycrf,
         yret=yret,

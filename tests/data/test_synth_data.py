@@ -100,3 +100,64 @@ def test_progress_is_called_per_image(tmp_path):
     calls = []
     generate(tmp_path, images=2, size=32, seed=0, val=1, progress=lambda n=1: calls.append(n))
     assert calls == [1, 1, 1]
+
+
+# ----------------------------------------------------------------------------- --context P
+
+
+def _habitats(root):
+    return dict(line.split() for line in (root / "habitats.txt").read_text().splitlines())
+
+
+def test_context_zero_is_unchanged_and_context_images_nest(tmp_path):
+    base, half, most = tmp_path / "p0", tmp_path / "p5", tmp_path / "p8"
+    s0 = generate(base, images=12, size=48, seed=5)
+    s5 = generate(half, images=12, size=48, seed=5, context=0.5)
+    generate(most, images=12, size=48, seed=5, context=0.8)
+    assert s0["context_images"] == 0 and set(_habitats(base).values()) == {"-"}
+    f0, f5 = _files(base), _files(half)
+    h5, h8 = _habitats(half), _habitats(most)
+    ctx5 = {i for i, h in h5.items() if h != "-"}
+    assert 0 < len(ctx5) == s5["context_images"] < 12
+    assert ctx5 <= {i for i, h in h8.items() if h != "-"}
+    for image_id, h in h5.items():
+        jpg = f"JPEGImages/{image_id}.jpg"
+        # objects (class map, instance map, boxes) never change with P; backgrounds only in context images
+        for k in (f"SegmentationClass/{image_id}.png", f"SegmentationObject/{image_id}.png", f"Annotations/{image_id}.xml"):
+            assert f5[k] == f0[k]
+        assert (f5[jpg] == f0[jpg]) == (h == "-")
+
+
+def test_context_background_is_the_habitat_of_an_object_class(tmp_path):
+    import cv2
+
+    from banacli.data.synth import HABITATS, _HUES
+
+    # no habitat hue lies in an object's hue band (class hue +-12 degrees)
+    for hab in HABITATS.values():
+        lo, hi = hab["hue"]
+        for h in _HUES.values():
+            assert min(abs(((x - h + 180) % 360) - 180) for x in np.linspace(lo, hi, 31)) > 12
+    root = tmp_path / "p1"
+    generate(root, images=10, size=64, seed=2, context=1.0)
+    ds = VOCDataset(root, "train", with_gt=True)
+    habitats = _habitats(root)
+    for i in range(len(ds)):
+        s = ds.load(i)
+        cls = habitats[s.id]
+        assert SYNTH_CLASSES.index(cls) + 1 in s.labels.tolist()
+        bg = s.gt == 0
+        # skip the ring of pixels next to objects (JPEG blur) and look at the background's hue
+        bg = cv2.erode(bg.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        hsv = cv2.cvtColor(s.image, cv2.COLOR_RGB2HSV_FULL)[bg].astype(np.float64)
+        bright = hsv[:, 1] > 25  # hue is undefined for grey pixels and the star field's dots
+        hue = hsv[bright, 0] * 360.0 / 256.0
+        lo, hi = HABITATS[cls]["hue"]
+        centre = (lo + hi) / 2
+        dist = np.abs(((hue - centre + 180) % 360) - 180)
+        assert np.median(dist) < (hi - lo) / 2 + 12, (s.id, cls)
+
+
+def test_context_out_of_range_is_refused(tmp_path):
+    with pytest.raises(DataError, match="context"):
+        generate(tmp_path / "x", images=2, size=48, seed=0, context=1.5)

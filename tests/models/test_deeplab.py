@@ -83,3 +83,21 @@ def test_aspp_param_groups_put_head_and_norm_apart() -> None:
 def test_unknown_model_is_rejected() -> None:
     with pytest.raises(ValueError, match="largefov"):
         build_segmenter("deeplabv3", 21)
+
+
+def test_cosine_classifier_and_nal_confidence_are_fp32_under_autocast():
+    from banacli.models.deeplab import CosineClassifier
+    from banacli.ops.nal import confidence_map
+
+    torch.manual_seed(0)
+    head = CosineClassifier(32, 4, tau=20.0)
+    phi = torch.rand(2, 32, 6, 6) + 1.0  # similar directions: cosines near 1
+    ref = head(phi)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = head(phi)
+    assert amp.dtype == torch.float32
+    torch.testing.assert_close(amp, ref, atol=1e-4, rtol=1e-4)
+    target = torch.zeros(2, 6, 6, dtype=torch.long)
+    s_ref = confidence_map(ref, target, tau=20.0)
+    s_amp = confidence_map(amp, target, tau=20.0)
+    assert (s_ref - s_amp).abs().max() < 1e-3

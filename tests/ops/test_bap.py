@@ -218,3 +218,42 @@ def test_gradients_flow_through_attention_and_pooling():
     out["loss"].backward()
     assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
     assert W.grad.abs().sum() > 0
+
+
+def test_gap_paper_has_no_background_samples():
+    feats, boxes, bg = _scene()
+    W = torch.randn(3, 4)
+    gap = bap_loss(feats, W, boxes, torch.tensor([2]), bg, pooling="gap")
+    paper = bap_loss(feats, W, boxes, torch.tensor([2]), bg, pooling="gap-paper")
+    assert paper["targets"].tolist() == [2] * 4 and int(paper["num_bg"]) == 0
+    assert torch.all(paper["attention"] == 0) and not bool(paper["bap_images"][0])
+    # the same foreground bins as bana's gap, without its 12 background queries
+    torch.testing.assert_close(paper["logits"], gap["logits"][:4])
+    torch.testing.assert_close(paper["loss"], F.cross_entropy(gap["logits"][:4], gap["targets"][:4]))
+
+
+def _amp_scene():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.rand(2, 16, 12, 12, generator=g)  # non-negative, like ReLU features
+    feats[:, :4] += 2.0  # a shared component: cosines near 1, where bf16 is coarsest
+    bg = torch.ones(2, 96, 96, dtype=torch.bool)
+    bg[0, 16:64, 24:72] = False
+    bg[1, 40:90, 8:50] = False
+    boxes = torch.tensor([[0, 24.0, 16.0, 72.0, 64.0], [1, 8.0, 40.0, 50.0, 90.0]])
+    return feats, boxes, bg
+
+
+def test_attention_and_pooling_are_fp32_under_autocast():
+    feats, boxes, bg = _amp_scene()
+    W = torch.randn(3, 16, generator=torch.Generator().manual_seed(4))
+    ref = bap_loss(feats, W, boxes, torch.tensor([1, 2]), bg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = bap_loss(feats, W, boxes, torch.tensor([1, 2]), bg)
+        # what the attention would be if computed in bf16: many values differ by > 1e-3
+        q, v = background_queries(feats.bfloat16(), downsample_mask(bg, (12, 12), stride=8), 4)
+        coarse = attention_map(feats.bfloat16(), q, v).float()
+    assert amp["attention"].dtype == torch.float32 and amp["logits"].dtype == torch.float32
+    assert (ref["attention"] > 0.9).float().mean() > 0.5  # the regime that matters
+    assert (ref["attention"] - amp["attention"]).abs().max() < 1e-3
+    torch.testing.assert_close(amp["logits"], ref["logits"], atol=1e-4, rtol=1e-4)
+    assert (ref["attention"] - coarse).abs().max() > 1e-3  # the test can tell bf16 from fp32

@@ -302,3 +302,22 @@ def test_efficient_path_equals_naive_path(params):
     for c in fast.correlations:
         np.testing.assert_allclose(fast.correlations[c], slow.correlations[c], atol=1e-5)
     np.testing.assert_allclose(fast.probs, slow.probs, atol=1e-5)
+
+
+def test_gen_labels_attention_does_not_depend_on_autocast():
+    """Stage 2 works in float64 from float32 features; autocast (bf16) must not touch it."""
+    import numpy as np
+    import torch
+
+    from banacli.ops.pseudo import generate_pseudo_labels
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(40, 40, 3), dtype=np.uint8)
+    feats = torch.from_numpy(rng.random((8, 5, 5)).astype(np.float32) + 1.0)
+    weight = torch.from_numpy(rng.normal(size=(3, 8)).astype(np.float32))
+    boxes, labels = np.array([[5.0, 5.0, 25.0, 30.0]]), np.array([2])
+    ref = generate_pseudo_labels(image, feats, weight, boxes, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = generate_pseudo_labels(image, feats, weight, boxes, labels)
+    assert np.abs(ref.attention - amp.attention).max() < 1e-6
+    assert np.array_equal(ref.ycrf, amp.ycrf)

@@ -64,7 +64,8 @@ def test_semi_supervised_split_uses_ground_truth(tiny_data, labelled_run, app, t
     for name in ("Ycrf", "Yret"):
         for p in (labelled_run / "labels" / name).glob("*.png"):
             save_label_png(p, load_label_png(tiny_data / "SegmentationClass" / p.name))
-    res = invoke(app, ["train-seg", "--data", tiny_data, "--run", labelled_run, "--iterations", 3, *TINY_SEG])
+    res = invoke(app, ["train-seg", "--data", tiny_data, "--run", labelled_run, "--iterations", 3, "--force",
+                       *TINY_SEG])
     assert res.exit_code == 0
     b, _ = load_model(labelled_run / "seg" / "model.safetensors")
     for k in a:

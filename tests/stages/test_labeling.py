@@ -1,0 +1,216 @@
+"""gen-labels orchestration: identical bytes whatever the workers, placement or backend; shards
+and torchrun ranks into one run directory; workers that die with their parent; pictures."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from banacli.labeling import parse_shard, part_indices
+from banacli.errors import ConfigError
+
+from .conftest import invoke
+
+
+def _digests(run: Path) -> dict[str, str]:
+    """sha256 of every label PNG under RUN/labels/{Ycrf,Yret} (the bytes, not the pixels)."""
+    out = {}
+    for name in ("Ycrf", "Yret"):
+        for p in sorted((run / "labels" / name).glob("*.png")):
+            out[f"{name}/{p.name}"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_part_indices_cover_every_image_exactly_once():
+    for n_images in (0, 1, 7, 10, 23):
+        for n in (1, 2, 3):
+            for world in (1, 2, 4):
+                seen = [i for k in range(1, n + 1) for r in range(world)
+                        for i in part_indices(n_images, (k, n), r, world)]
+                assert sorted(seen) == list(range(n_images))
+    # rank r of W takes i % W == r
+    assert part_indices(10, (1, 1), 1, 3) == [1, 4, 7]
+    # shard 2/2 of a 2-rank job: parts (shard-1)*W + r = 2, 3 of 4
+    assert part_indices(10, (2, 2), 0, 2) == [2, 6] and part_indices(10, (2, 2), 1, 2) == [3, 7]
+    assert parse_shard("3/4") == (3, 4) and parse_shard(None) == (1, 1)
+    for bad in ("0/2", "3/2", "a/b", "2"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)
+
+
+def test_bytes_identical_across_workers_placement_and_dask(tiny_data, cls_run, tmp_path, app):
+    runs = {}
+    variants = {
+        "w1": ["--workers", 1],
+        "w2": ["--workers", 2],
+        "main2": ["--workers", 2, "--features", "main"],
+    }
+    try:
+        import distributed  # noqa: F401
+
+        variants["dask2"] = ["--workers", 2, "--backend", "dask"]
+    except ImportError:
+        pass
+    for name, extra in variants.items():
+        run = _copy(cls_run, tmp_path / name)
+        res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "-q", *extra])
+        assert res.exit_code == 0, res.output
+        runs[name] = _digests(run)
+    ids = (tiny_data / "ImageSets/Segmentation/train.txt").read_text().split()
+    assert len(runs["w1"]) == 2 * len(ids)
+    for name, digests in runs.items():
+        assert digests == runs["w1"], name
+
+
+def test_shards_label_disjoint_parts_into_one_run(tiny_data, cls_run, tmp_path, app):
+    whole = _copy(cls_run, tmp_path / "whole")
+    assert invoke(app, ["gen-labels", "--data", tiny_data, "--run", whole, "-q"]).exit_code == 0
+    run = _copy(cls_run, tmp_path / "sharded")
+    ids = (tiny_data / "ImageSets/Segmentation/train.txt").read_text().split()
+    labels = run / "labels"
+    seen: list[str] = []
+    for k in (1, 2, 3):
+        before = set(p.name for p in (labels / "Ycrf").glob("*.png")) if (labels / "Ycrf").is_dir() else set()
+        res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--shard", f"{k}/3"])
+        assert res.exit_code == 0, res.output
+        new = set(p.name for p in (labels / "Ycrf").glob("*.png")) - before
+        seen += sorted(new)
+        assert sorted(new) == sorted(f"{ids[i]}.png" for i in range(k - 1, len(ids), 3))
+        # one manifest, the same as an unsharded run's; the report only once all shards are done
+        assert json.loads((labels / "bana.manifest.json").read_text()) == \
+            json.loads((whole / "labels" / "bana.manifest.json").read_text())
+        assert (labels / "bana.report.json").is_file() == (k == 3)
+    assert sorted(seen) == sorted(f"{i}.png" for i in ids)  # every image exactly once
+    assert _digests(run) == _digests(whole)
+    assert json.loads((labels / "bana.report.json").read_text()) == \
+        json.loads((whole / "labels" / "bana.report.json").read_text())
+    # a final run without --shard finds everything finished
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run])
+    assert res.exit_code == 0 and f"{len(ids)} already finished, 0 to label" in res.output
+
+
+def test_shard_refusals(tiny_data, cls_run, tmp_path, app):
+    run = _copy(cls_run, tmp_path / "run")
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--shard", "3/2"])
+    assert res.exit_code == 2 and "K/N" in res.output and "Traceback" not in res.output
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--shard", "1/2", "--force"])
+    assert res.exit_code == 2 and "--shard" in res.output
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
+def test_workers_exit_when_the_parent_is_killed(tiny_data, cls_run, tmp_path):
+    run = _copy(cls_run, tmp_path / "run")
+    bana = os.path.join(os.path.dirname(sys.executable), "bana")
+    # many CRF iterations keep the workers busy long enough to kill their parent mid-run
+    proc = subprocess.Popen([bana, "gen-labels", "--data", str(tiny_data), "--run", str(run), "--workers", "2",
+                             "--crf-iterations", "3000", "-q"], start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        workers: list[int] = []
+        while time.time() < deadline:
+            # loky's worker processes are (grand)children of the main process
+            kids = _children(proc.pid)
+            workers = [w for k in kids for w in [k, *_children(k)] if w != proc.pid]
+            busy = list((run / "labels").glob("*.manifest.json"))
+            if busy and len(workers) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) >= 2, "workers did not start"
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 60  # generous: a loaded 2-core CI machine is slow to reap
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), [w for w in workers if _alive(w)]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_one_run_and_accept_run(tiny_data, cls_run, tmp_path, app):
+    whole = _copy(cls_run, tmp_path / "whole")
+    assert invoke(app, ["gen-labels", "--data", tiny_data, "--run", whole, "-q"]).exit_code == 0
+    run = _copy(cls_run, tmp_path / "run")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    # as docs/usage.md writes it: "--" keeps torchrun's parser away from --run
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29547", "-m", "banacli", "--",
+           "gen-labels", "--data", str(tiny_data), "--run", str(run), "--device", "cpu"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _digests(run) == _digests(whole)
+    assert (run / "labels" / "bana.report.json").is_file()
+    # a killed rank's images are redone on restart: remove two outputs, rerun, same bytes
+    ids = sorted((run / "labels" / "Ycrf").glob("*.png"))
+    for p in ids[:2]:
+        p.unlink()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _digests(run) == _digests(whole)
+
+
+def test_pictures_have_gt_column_legend_and_a_cam_per_class(tiny_data, cls_run, tmp_path, app):
+    from PIL import Image
+
+    from banacli.data.voc import VOCDataset
+    from banacli.viz import panel
+
+    run = _copy(cls_run, tmp_path / "run")
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--viz", 1, "-q"])
+    assert res.exit_code == 0, res.output
+    ds = VOCDataset(tiny_data, "train")
+    s = ds.load(0)
+    pic = np.asarray(Image.open(run / "labels" / "viz" / f"{s.id}.png"))
+    n_classes = len(np.unique(s.labels))
+    scale = max(1, -(-160 // max(s.image.shape[:2])))
+    tile_w = s.width * scale + 4
+    # image, u0, one CAM per box class, unreliable, ground truth, Ycrf, Yret
+    assert s.gt is not None
+    assert pic.shape[1] == (1 + 1 + n_classes + 1 + 1 + 2) * tile_w
+    assert pic.shape[0] > s.height * scale + 14  # a legend strip below the tiles
+    # the legend shows each class colour of the boxes
+    from banacli.data.palette import PALETTE
+
+    strip = pic[s.height * scale + 14:]
+    for c in np.unique(s.labels):
+        assert (strip == PALETTE[int(c)]).all(-1).any(), c
+    # without ground truth: one column fewer; CAM titles name the class
+    no_gt = panel(s.image, s.boxes, s.labels, maps={"CAM:1": np.zeros(s.image.shape[:2])},
+                  label_maps={"Ycrf": np.zeros(s.image.shape[:2], np.uint8)}, class_names=ds.class_names)
+    assert no_gt.shape[1] == 3 * tile_w

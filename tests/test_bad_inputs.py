@@ -1,0 +1,433 @@
+"""Bad inputs and faults (issue 13): each case checks the exit code, one error line naming the
+file and the problem, no traceback, and that finished outputs are left as they were.
+
+gen-labels runs with ``--method box`` (no classifier needed) on 48 px synthetic images so the
+cases stay fast; the code paths checked (dataset reading, ids, writing, locking, errors) are the
+ones every labeler uses.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from banacli.data.palette import load_label_png
+from banacli.data.synth import generate
+from banacli.data.voc import read_image, resize_label
+from banacli.errors import DataError
+from banacli.ops.labelers import box_labeler
+
+from .segrun import invoke, make_seg_run, random_image, write_image
+
+BOX = ["--method", "box", "-q"]
+
+
+def error_line(res, *needles: str) -> str:
+    """The single 'error:' line of a failed command; asserts no traceback and that it names ``needles``."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output, res.output
+    lines = [ln for ln in res.output.splitlines() if "error:" in ln]
+    assert len(lines) == 1, res.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and not p.name.endswith(".log") and p.name != ".lock"}
+
+
+@pytest.fixture
+def voc(tmp_path) -> Path:
+    root = tmp_path / "voc"
+    generate(root, images=4, size=48, seed=5)
+    return root
+
+
+def set_split(root: Path, lines: list[str], split: str = "train") -> None:
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{ln}\n" for ln in lines))
+
+
+def ids_of(root: Path) -> list[str]:
+    return (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+
+
+# ----------------------------------------------------------------------------- 1: huge images
+
+
+def test_1_huge_image_is_processed_at_max_side_and_labelled_at_full_size(voc, tmp_path):
+    big_id = ids_of(voc)[0]
+    image = read_image(voc / "JPEGImages" / f"{big_id}.jpg")
+    big = np.asarray(Image.fromarray(image).resize((200, 150), Image.BILINEAR))
+    Image.fromarray(big).save(voc / "JPEGImages" / f"{big_id}.jpg", quality=95)
+    (voc / "SegmentationClass" / f"{big_id}.png").unlink()  # its mask no longer fits
+    xml = (voc / "Annotations" / f"{big_id}.xml").read_text()
+    sx, sy = 200 / 48, 150 / 48
+
+    def scale(tag: str, f: float) -> None:
+        nonlocal xml
+        start = xml.index(f"<{tag}>")
+        while start >= 0:
+            end = xml.index(f"</{tag}>", start)
+            v = float(xml[start + len(tag) + 2 : end])
+            xml = xml[: start + len(tag) + 2] + str(round(v * f)) + xml[end:]
+            start = xml.find(f"<{tag}>", end)
+
+    for tag, f in (("xmin", sx), ("xmax", sx), ("ymin", sy), ("ymax", sy), ("width", sx), ("height", sy)):
+        scale(tag, f)
+    (voc / "Annotations" / f"{big_id}.xml").write_text(xml)
+
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box", "--set", "data.max_side=64"])
+    assert res.exit_code == 0, res.output
+    assert f"{big_id}: 200x150 image processed at reduced size 64x48" in res.output
+    label = load_label_png(run / "labels" / "Box" / f"{big_id}.png")
+    assert label.shape == (150, 200)  # written at the file's size
+    # against the box labels computed directly at full size: only box edges may move (by < 1 reduced px)
+    from banacli.data.voc import load_sample
+
+    full = load_sample(voc, big_id, _classes(voc), with_gt=False)
+    direct = box_labeler(full.image, full.boxes, full.labels)
+    assert (label == direct).mean() > 0.9
+    # a rerun finds the full-size labels finished and keeps them
+    before = snapshot(run / "labels" / "Box")
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box", "--set", "data.max_side=64"])
+    assert res.exit_code == 0 and "4 already finished, 0 to label" in res.output, res.output
+    assert snapshot(run / "labels" / "Box") == before
+
+
+def _classes(root: Path) -> list[str]:
+    from banacli.data.voc import resolve_classes
+
+    return resolve_classes(root)
+
+
+def test_1_normal_images_are_labelled_byte_identically_with_or_without_the_cap(voc, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert invoke(["gen-labels", "--data", voc, "--run", a, *BOX]).exit_code == 0
+    assert invoke(["gen-labels", "--data", voc, "--run", b, *BOX, "--set", "data.max_side=null"]).exit_code == 0
+    assert snapshot(a / "labels" / "Box") == snapshot(b / "labels" / "Box")
+
+
+def test_1_resize_label_nearest_by_pixel_centres():
+    lab = np.array([[1, 2], [3, 4]], np.uint8)
+    up = resize_label(lab, (4, 6))
+    assert up.tolist() == [[1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2], [3, 3, 3, 4, 4, 4], [3, 3, 3, 4, 4, 4]]
+    assert resize_label(up, (2, 2)).tolist() == lab.tolist()
+    assert resize_label(lab, (2, 2)) is lab
+
+
+def test_1_predict_shrinks_a_huge_image_and_writes_the_mask_at_full_size(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    write_image(tmp_path / "in" / "big.png", random_image(120, 160, 0))
+    out = tmp_path / "out"
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", out, "--set", "data.max_side=64"])
+    assert res.exit_code == 0, res.output
+    assert "160x120 image processed at reduced size 64x48" in res.output
+    assert load_label_png(out / "big.png").shape == (120, 160)
+    with Image.open(out / "big_overlay.jpg") as im:
+        assert im.size == (160, 120)
+
+
+# ----------------------------------------------------------------------------- 2, 3: ids
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("../../escape/000004", "holds a path separator"),
+    ("/tmp/abs", "holds a path separator"),
+    ("..", "is '.' or '..'"),
+    ("a\x1bb", "holds a control character"),
+])
+def test_2_an_id_cannot_leave_the_run_directory(voc, tmp_path, bad, why):
+    ids = ids_of(voc)
+    set_split(voc, [ids[0], bad, *ids[1:]])
+    run = tmp_path / "a" / "b" / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX])
+    assert res.exit_code == 1
+    error_line(res, "train.txt:2", why)
+    assert not (tmp_path / "a" / "escape").exists() and not list((run / "labels").rglob("*.png"))
+
+
+def test_3_missing_xml_in_gen_labels_is_one_line(voc, tmp_path):
+    gone = ids_of(voc)[2]
+    (voc / "Annotations" / f"{gone}.xml").unlink()
+    res = invoke(["gen-labels", "--data", voc, "--run", tmp_path / "run", *BOX])
+    assert res.exit_code == 1
+    error_line(res, f"Annotations/{gone}.xml", "annotation file not found")
+
+
+def test_3_an_id_with_a_space_is_named_not_cut(voc, tmp_path):
+    ids = ids_of(voc)
+    set_split(voc, [*ids[:3], f"{ids[3]} copy"])
+    res = invoke(["gen-labels", "--data", voc, "--run", tmp_path / "run", *BOX])
+    assert res.exit_code == 1
+    error_line(res, "train.txt:4", f"'{ids[3]} copy'", "holds whitespace")
+    set_split(voc, [*ids[:3], f"{ids[3]} 1"])  # ImageSets/Main style "ID FLAG" stays valid
+    assert invoke(["gen-labels", "--data", voc, "--run", tmp_path / "run2", *BOX]).exit_code == 0
+
+
+# ----------------------------------------------------------------------------- 4: OS errors
+
+
+def test_4_run_naming_a_file(voc, tmp_path):
+    f = tmp_path / "run.txt"
+    f.write_text("keep me")
+    res = invoke(["gen-labels", "--data", voc, "--run", f, *BOX])
+    assert res.exit_code == 2
+    error_line(res, str(f), "not a directory")
+    assert f.read_text() == "keep me"
+
+
+def test_4_config_not_utf8(voc, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes("labels:\n  viz: 0  # caf\xe9\n".encode("latin-1"))
+    res = invoke(["gen-labels", "--data", voc, "--run", tmp_path / "run", "--config", cfg, *BOX])
+    assert res.exit_code == 2
+    error_line(res, str(cfg), "not UTF-8")
+
+
+def test_4_full_disk_is_one_line_with_the_path_and_finished_labels_stay(voc, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert invoke(["gen-labels", "--data", voc, "--run", run, *BOX]).exit_code == 0
+    first = ids_of(voc)[0]
+    (run / "labels" / "Box" / f"{first}.png").unlink()  # one left to do
+    before = snapshot(run / "labels" / "Box")
+    import banacli.artifacts as artifacts
+
+    real = artifacts.os.replace
+
+    def full(src, dst):  # what a label write on a full disk raises: an errno, no file name
+        if str(dst).endswith(".png"):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", full)
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX])
+    monkeypatch.undo()
+    assert res.exit_code == 1
+    error_line(res, f"labels/Box/{first}.png: No space left on device (ENOSPC)")
+    assert snapshot(run / "labels" / "Box") == before
+    assert not list((run / "labels" / "Box").glob(".*.tmp"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_4_read_only_run_directory(voc, tmp_path):
+    run = tmp_path / "run"
+    (run / "labels").mkdir(parents=True)
+    os.chmod(run / "labels", 0o555)
+    try:
+        res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX])
+    finally:
+        os.chmod(run / "labels", 0o755)
+    assert res.exit_code == 1
+    error_line(res, str(run / "labels"), "Permission denied (EACCES)")
+
+
+def test_4_os_error_line_names_path_and_errno():
+    from banacli.errors import os_error_line
+
+    assert os_error_line(OSError(30, "Read-only file system", "/r/x")) == "/r/x: Read-only file system (EROFS)"
+    assert os_error_line(OSError(2, "No such file or directory", "a", None, "b")) == "a -> b: No such file or directory (ENOENT)"
+
+
+# ----------------------------------------------------------------------------- 6: lock
+
+
+def test_6_second_process_on_the_same_stage_is_refused_naming_the_first(voc, tmp_path):
+    run = tmp_path / "run"
+    assert invoke(["gen-labels", "--data", voc, "--run", run, *BOX]).exit_code == 0
+    before = snapshot(run / "labels")
+    code = ("import sys, time; from pathlib import Path; from banacli.lock import stage_lock\n"
+            "with stage_lock(Path(sys.argv[1]), 'gen-labels'):\n"
+            "    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run / "labels")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force"])
+        assert res.exit_code == 1
+        error_line(res, str(run / "labels"), f"another bana gen-labels (pid {holder.pid})")
+        assert snapshot(run / "labels") == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the lock with the process: no stale lock
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX])
+    assert res.exit_code == 0, res.output
+
+
+def test_6_shards_lock_separately_and_one_shard_only_once(tmp_path):
+    """--shard K/N processes share the run on purpose: each shard has its own lock."""
+    import pytest
+
+    from banacli.lock import RunLockedError, stage_lock
+
+    with stage_lock(tmp_path, "gen-labels", "1/2") as one, stage_lock(tmp_path, "gen-labels", "2/2") as two:
+        assert one != two
+        with pytest.raises(RunLockedError, match="another bana gen-labels"):
+            with stage_lock(tmp_path, "gen-labels", "1/2"):
+                pass
+
+
+# ----------------------------------------------------------------------------- 7: markup
+
+
+def test_7_brackets_in_user_paths_are_printed_as_given(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    write_image(tmp_path / "in" / "a [b].png", random_image(32, 32, 0))
+    out = tmp_path / "out" / "p [/q]"
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", out])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and f"to {out}" in res.output.replace("\n", "")
+    assert (out / "a [b].png").is_file()
+
+
+# ----------------------------------------------------------------------------- 8: predict skips
+
+
+def test_8_predict_names_every_skipped_file(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    write_image(tmp_path / "in" / "good.png", random_image(32, 32, 0))
+    for name in ("bad1.jpg", "bad2.png"):
+        (tmp_path / "in" / name).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", out, "--set", "data.on_error=skip"])
+    assert res.exit_code == 0, res.output
+    assert "skipped 2 unreadable" in res.output
+    assert "bad1.jpg: cannot read image" in res.output and "bad2.png: cannot read image" in res.output
+
+
+# ----------------------------------------------------------------------------- 9: pickles
+
+
+def test_9_a_pickle_offered_as_weights_is_refused_as_pickled_objects(voc, tmp_path):
+    import pickle
+
+    evil = tmp_path / "weights.pt"
+    marker = tmp_path / "executed"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil.write_bytes(pickle.dumps({"w": Evil()}))
+    res = invoke(["train-cls", "--data", voc, "--run", tmp_path / "run", "--backbone", "tiny",
+                  "--set", f"cls.weights={evil}", "--iterations", 1, "-q"])
+    assert res.exit_code == 1
+    error_line(res, str(evil), "holds pickled Python objects", "will not execute")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- 11: duplicates
+
+
+def test_11_duplicate_ids_are_used_once_with_a_warning(voc, tmp_path):
+    ids = ids_of(voc)
+    set_split(voc, [*ids, ids[1]])
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box"])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", "")
+    assert f"id '{ids[1]}' is listed twice (lines 2 and 5)" in text and "used once" in text
+    assert "on 4 images" in text
+    report = json.loads((run / "labels" / "box.report.json").read_text())
+    assert report["images"] == 4
+
+
+# ----------------------------------------------------------------------------- 12: no background
+
+
+def test_12_boxes_covering_the_whole_image_warn(voc, tmp_path):
+    for xml in (voc / "Annotations").glob("*.xml"):
+        text = xml.read_text()
+        start, end = text.index("<object>"), text.index("</object>") + len("</object>")
+        obj = text[start:end]
+        for tag, v in (("xmin", 1), ("ymin", 1), ("xmax", 48), ("ymax", 48)):
+            a, b = obj.index(f"<{tag}>") + len(tag) + 2, obj.index(f"</{tag}>")
+            obj = obj[:a] + str(v) + obj[b:]
+        rest = text[end:]
+        while "<object>" in rest:  # keep one full-image box per image
+            s, e = rest.index("<object>"), rest.index("</object>") + len("</object>")
+            rest = rest[:s] + rest[e:]
+        xml.write_text(text[:start] + obj + rest)
+    res = invoke(["train-cls", "--data", voc, "--run", tmp_path / "run", "--backbone", "tiny", "--set",
+                  "cls.weights=null", "--crop-size", 32, "--batch-size", 2, "--iterations", 1])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", " ")
+    assert "warning: train-cls: the boxes of every training image cover" in text
+    assert "never learns the background" in text
+
+
+# ----------------------------------------------------------------------------- 14: cut JPEG
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_14_a_jpeg_cut_short_with_an_end_marker_is_refused(voc, tmp_path):
+    cut_id = ids_of(voc)[1]
+    path = voc / "JPEGImages" / f"{cut_id}.jpg"
+    data = _jpeg(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    res = invoke(["gen-labels", "--data", voc, "--run", tmp_path / "run", *BOX])
+    assert res.exit_code == 1
+    error_line(res, f"{cut_id}.jpg", "JPEG data is cut short")
+    # the same image whole, even with a flat grey corner, reads fine
+    arr = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    arr[16:, 16:] = 128
+    path.write_bytes(_jpeg(arr))
+    assert read_image(path).shape == (48, 48, 3)
+    path.write_bytes(_jpeg(arr)[:-300] + b"\xff\xd9")
+    with pytest.raises(DataError, match="cut short"):
+        read_image(path)
+
+
+# ----------------------------------------------------------------------------- 15: skipped on purpose
+
+
+def test_15_train_seg_tells_a_skipped_image_from_a_missing_label(voc, tmp_path):
+    bad = ids_of(voc)[2]
+    (voc / "JPEGImages" / f"{bad}.jpg").write_bytes(b"\xff\xd8 broken")
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--set", "data.on_error=skip"])
+    assert res.exit_code == 0, res.output
+    before = snapshot(run / "labels")
+    seg = ["train-seg", "--data", voc, "--run", run, "--labels", "box", "--model", "tiny", "--set",
+           "seg.weights=null", "--iterations", 1, "-q"]
+    res = invoke(seg)
+    assert res.exit_code == 1
+    error_line(res, f"{bad}.png", "gen-labels skipped this image on purpose", "cannot read image", "on_error=skip")
+    assert snapshot(run / "labels") == before
+    other = ids_of(voc)[0]
+    (run / "labels" / "Box" / f"{other}.png").unlink()
+    res = invoke([*seg, "--set", "data.on_error=skip"])
+    assert res.exit_code == 1
+    error_line(res, f"{other}.png", "pseudo label missing (rerun bana gen-labels)")
+
+
+# ----------------------------------------------------------------------------- 16: sidecar
+
+
+def test_16_an_edited_normalization_in_the_sidecar_is_caught(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    side = run / "seg" / "model.json"
+    meta = json.loads(side.read_text())
+    meta["normalization"]["mean"] = [0.0, 0.0, 0.0]
+    side.write_text(json.dumps(meta))
+    write_image(tmp_path / "in" / "a.png", random_image(32, 32, 0))
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", tmp_path / "out"])
+    assert res.exit_code == 1
+    error_line(res, "model.json", "normalization edited after the model was saved")
+    assert not (tmp_path / "out" / "a.png").exists()
