@@ -45,20 +45,26 @@ class InstTrainSet:
         index, seed = key
         s = self.ds.load(index)
         hw = s.image.shape[:2]
+        # files are at the image file's size; the reader may have shrunk the image (data.max_side)
+        file_hw = tuple(getattr(s, "orig_hw", None) or hw)
         if self.targets == "gt" and hasattr(self.ds, "instance_masks"):
             # a COCO dataset: masks from its JSON (box order); no void there, so S = every pixel
-            masks = np.asarray(self.ds.instance_masks(s.id, *hw)[0], dtype=bool)
+            masks = np.asarray(self.ds.instance_masks(s.id, *file_hw)[0], dtype=bool)
             region = None
         elif self.targets == "gt":
-            masks, region = gt_instance_targets(Path(self.ds.root) / OBJECT_DIR / f"{s.id}.png", len(s.labels), hw,
-                                                region=self.region)
+            masks, region = gt_instance_targets(Path(self.ds.root) / OBJECT_DIR / f"{s.id}.png", len(s.labels),
+                                                file_hw, region=self.region)
         else:
-            ycrf = load_label_png(self.crf_dir / f"{s.id}.png")
-            yret = load_label_png(self.ret_dir / f"{s.id}.png")
+            ycrf = _fit(load_label_png(self.crf_dir / f"{s.id}.png"), file_hw, hw)
+            yret = _fit(load_label_png(self.ret_dir / f"{s.id}.png"), file_hw, hw)
             for name, lab in (("Ycrf", ycrf), ("Yret", yret)):
                 if lab.shape != hw:
                     raise DataError(f"{s.id}: {name} label is {lab.shape[1]}x{lab.shape[0]}, image is {hw[1]}x{hw[0]}")
             masks, region = pseudo_instance_targets(ycrf, yret, s.boxes, s.labels, region=self.region)
+        if masks.shape[1:] != hw and masks.shape[1:] == file_hw:  # gt masks of a shrunk image
+            masks = np.stack([_fit(m.astype(np.uint8), file_hw, hw) for m in masks]).astype(bool) if len(masks) \
+                else np.zeros((0, *hw), bool)
+            region = None if region is None else _fit(region.astype(np.uint8), file_hw, hw).astype(bool)
         image, boxes = s.image, s.boxes.astype(np.float32).copy()
         if self.flip and np.random.default_rng(seed).random() < 0.5:
             w = image.shape[1]
@@ -74,6 +80,15 @@ class InstTrainSet:
             target["regions"] = torch.from_numpy(np.ascontiguousarray(region).astype(np.float32))
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
         return x, target
+
+
+def _fit(label: np.ndarray, file_hw: tuple, hw: tuple) -> np.ndarray:
+    """A map stored at the image file's size, brought to the (possibly shrunk) image's size."""
+    if label.shape == tuple(file_hw) and tuple(file_hw) != tuple(hw):
+        from banacli.data.voc import resize_label
+
+        return resize_label(label, hw)
+    return label
 
 
 def _collate(batch):

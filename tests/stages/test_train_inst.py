@@ -202,3 +202,21 @@ def test_torchrun_two_processes_end_with_identical_weights(inst_data, tmp_path):
     assert meta["world_size"] == 2
     digests = meta["rank_weight_sha256"]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("targets", ["pseudo", "gt"])
+def test_shrunk_targets_follow_the_image(inst_data, pseudo_run, targets):
+    """data.max_side shrinks the image; the targets (stored at the file's size) follow it."""
+    from banacli.data.voc import VOCDataset
+    from bana_plugins.train_inst import InstTrainSet
+
+    full = VOCDataset(inst_data, "train", with_gt=False)
+    small = VOCDataset(inst_data, "train", with_gt=False, max_side=32)
+    kw = dict(targets=targets, region="s", crf_dir=pseudo_run / "labels" / "Ycrf",
+              ret_dir=pseudo_run / "labels" / "Yret", flip=False)
+    (x, t), (xs, ts) = InstTrainSet(full, **kw)[(0, 0)], InstTrainSet(small, **kw)[(0, 0)]
+    assert xs.shape[1:] == (32, 32) and ts["masks"].shape[1:] == (32, 32) and ts["regions"].shape == (32, 32)
+    # nearest neighbour at pixel centres: every other pixel of the full-size targets
+    assert torch.equal(ts["masks"], t["masks"][:, 1::2, 1::2])
+    assert torch.equal(ts["regions"], t["regions"][1::2, 1::2])
+    torch.testing.assert_close(ts["boxes"], t["boxes"] / 2)
