@@ -210,12 +210,13 @@ def verdict(high: list[float], low: list[float]) -> tuple[str, float, float]:
     """The demo's rule for a claim "high > low" over seeds: with d = mean(high) - mean(low) and
     the pooled standard deviation s = sqrt((s_high^2 + s_low^2) / 2), the claim **holds** when
     d > 2 s, **does not hold** when d < -2 s (the opposite order is separable), and is
-    **not separable** otherwise. A single seed (s = 0) can never be "not separable" by this
-    rule, which is why the demo runs at least two."""
+    **not separable** otherwise, and always with fewer than two seeds (no spread to judge by)."""
     import math
 
     (mh, sh), (ml, sl) = mean_std(high), mean_std(low)
     d, s = mh - ml, math.sqrt((sh * sh + sl * sl) / 2)
+    if min(len(high), len(low)) < 2:
+        return "not separable", d, s
     if d > 2 * s:
         return "holds", d, s
     if d < -2 * s:

@@ -65,3 +65,4 @@ def test_verdict_rule():
     assert verdict([0.70, 0.71, 0.72], [0.80, 0.82, 0.81])[0] == "does not hold"
     v, d, s = verdict([0.70, 0.80], [0.74, 0.76])  # d = 0, s > 0
     assert v == "not separable" and d == pytest.approx(0.0) and s > 0
+    assert verdict([0.9], [0.1])[0] == "not separable"  # one seed: no spread to judge by
