@@ -449,18 +449,20 @@ def label_split(ctx) -> LabelRun:
         "max_side": ctx.config.data.max_side,  # images above it are labelled shrunk: another cap, other labels
     }
     out_root.mkdir(parents=True, exist_ok=True)
+    viz_dir = out_root / "viz"
+    if rank == 0 and shard[1] == 1:  # temp files of a killed earlier run; never another live shard's.
+        # Before the manifest broadcast: under torchrun the other ranks wait for it, so this can
+        # never delete a temp file another rank is about to rename into place.
+        for d in [*out_dirs.values(), viz_dir]:
+            if d.is_dir():
+                remove_stale_temp_files(d)
     keep = _decide_manifest(out_root / f"{labeler.name}.manifest.json", manifest, cfg.force, rank, world)
     if rank == 0:
         from banacli.outputs import write_skipped
 
         write_skipped(out_root, labeler.name, ds.skipped)  # lets train-seg tell skipped from missing
-    viz_dir = out_root / "viz"
     for d in [*out_dirs.values(), *([viz_dir] if cfg.viz else [])]:
         d.mkdir(parents=True, exist_ok=True)
-    if rank == 0 and shard[1] == 1:  # temp files of a killed earlier run; never another live shard's
-        for d in [*out_dirs.values(), viz_dir]:
-            if d.is_dir():
-                remove_stale_temp_files(d)
 
     mine = part_indices(len(ds), shard, rank, world)
     viz_ids = set(ds.ids[: cfg.viz])
