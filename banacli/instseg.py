@@ -382,25 +382,19 @@ def load_instance_model(run_dir: str | Path, device: str | torch.device = "cpu",
     """Rebuild the Mask R-CNN that ``bana train-inst`` saved: ``run_dir`` is a run directory
     (reads RUN/inst/model.safetensors) or the model file itself. Returns (model in eval mode, sidecar).
     The weights' sha256 is checked against the sidecar (ArtifactError naming the file)."""
-    from banacli.artifacts import load_model, read_sidecar
+    from banacli.runs import _load_rebuilt
 
     path = Path(run_dir)
     if path.is_dir():
         path = path / "inst" / "model.safetensors"
-    if not path.is_file():
-        raise ArtifactError(f"{path}: instance model not found (run bana train-inst first)")
-    meta = read_sidecar(path)
-    kind, _, backbone = str(meta.get("arch", "")).partition("/")
-    if kind != ARCH_KIND or backbone not in INST_BACKBONES:
-        raise ArtifactError(f"{path}: not a Mask R-CNN model (arch {meta.get('arch')!r})")
-    tensors, meta = load_model(path, arch=meta["arch"], class_names=class_names)
-    model = build_mask_rcnn(backbone, int(meta["num_classes"]), weights=None, frozen_bn=bool(meta.get("frozen_bn", False)),
-                            min_size=int(meta.get("min_size", 800)), max_size=int(meta.get("max_size", 1333)))
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: weights do not fit {meta['arch']} ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), meta
+
+    def build(backbone: str, meta: dict[str, Any]) -> nn.Module:
+        return build_mask_rcnn(backbone, int(meta["num_classes"]), weights=None,
+                               frozen_bn=bool(meta.get("frozen_bn", False)),
+                               min_size=int(meta.get("min_size", 800)), max_size=int(meta.get("max_size", 1333)))
+
+    return _load_rebuilt(path, ARCH_KIND, tuple(INST_BACKBONES), build, device=device, class_names=class_names,
+                         missing="instance model not found (run bana train-inst first)")
 
 
 # ----------------------------------------------------------------------------- predict / export

@@ -103,8 +103,8 @@ def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray,
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.data.voc import read_image, reduced_size, shrink_image
-    from banacli.errors import ConfigError, DataError
+    from banacli.data.voc import reduced_size, shrink_image
+    from banacli.errors import ConfigError
     from banacli.models.normalize import normalize
     from banacli.ops.crf import CRFParams
     from banacli.ops.infer import predict_probs
@@ -132,12 +132,8 @@ def run(ctx: StageContext) -> None:
 
     def predictions():
         for f in files:
-            try:
-                image = read_image(f)
-            except DataError as exc:
-                if ctx.config.data.on_error != "skip":
-                    raise
-                skipped.append(str(exc))
+            image = _read_or_skip(ctx, f, skipped)
+            if image is None:
                 prog.advance(task)  # prog and task exist by the time the generator runs
                 continue
             full = None
@@ -170,16 +166,11 @@ def run(ctx: StageContext) -> None:
             for _ in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
                 written += 1
                 prog.advance(task)
-    note = f"; skipped {len(skipped)} unreadable:" if skipped else ""
-    ctx.info(f"predict: wrote {written} mask{'s' if written != 1 else ''} to {out}{note}")
-    for reason in skipped:  # every skipped file by name, one a line
-        ctx.info(f"  skipped {reason}")
+    _report(ctx, f"wrote {written} mask{'s' if written != 1 else ''} to {out}", skipped)
 
 
 def run_instances(ctx: StageContext, files: list[Path], device) -> None:
     """``--model inst``: Mask R-CNN instances per image (see banacli.instseg.write_instance_prediction)."""
-    from banacli.data.voc import read_image
-    from banacli.errors import DataError
     from banacli.instseg import load_instance_model, predict_instances, write_instance_prediction
 
     cfg: PredictConfig = ctx.section
@@ -190,20 +181,37 @@ def run_instances(ctx: StageContext, files: list[Path], device) -> None:
     with ctx.progress() as prog:
         task = prog.add_task("predict", total=len(files), status="")
         for f in files:
-            try:
-                image = read_image(f)
-            except DataError as exc:
-                if ctx.config.data.on_error != "skip":
-                    raise
-                skipped.append(str(exc))
+            image = _read_or_skip(ctx, f, skipped)
+            if image is None:
                 prog.advance(task)
                 continue
             inst = predict_instances(model, image, score_threshold=ctx.config.inst.score_threshold)
             write_instance_prediction(out, f.stem, image, inst, meta["class_names"], overlay=cfg.overlay)
             written, found = written + 1, found + len(inst)
             prog.advance(task)
-    note = f"; skipped {len(skipped)} unreadable (first: {skipped[0]})" if skipped else ""
-    ctx.info(f"predict: {found} instances in {written} image{'s' if written != 1 else ''} written to {out}{note}")
+    _report(ctx, f"{found} instances in {written} image{'s' if written != 1 else ''} written to {out}", skipped)
+
+
+def _read_or_skip(ctx: StageContext, path: Path, skipped: list[str]) -> np.ndarray | None:
+    """The image at ``path``; None (its reason appended to ``skipped``) when it cannot be read and
+    ``data.on_error=skip``, else the DataError propagates."""
+    from banacli.data.voc import read_image
+    from banacli.errors import DataError
+
+    try:
+        return read_image(path)
+    except DataError as exc:
+        if ctx.config.data.on_error != "skip":
+            raise
+        skipped.append(str(exc))
+        return None
+
+
+def _report(ctx: StageContext, done: str, skipped: list[str]) -> None:
+    """The closing line, then every skipped file by name, one a line."""
+    ctx.info(f"predict: {done}" + (f"; skipped {len(skipped)} unreadable:" if skipped else ""))
+    for reason in skipped:
+        ctx.info(f"  skipped {reason}")
 
 
 def _refine_and_write(out: Path, image_id: str, image: np.ndarray, probs: np.ndarray, params: Any,
