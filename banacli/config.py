@@ -144,6 +144,10 @@ class LabelsConfig(Section):
                               "run directory; the last shard to finish writes the report.")
 
 
+# seg.grad_clip=auto for the tiny model (docs/results.md, "Why the tiny DeepLab sat at the prior")
+TINY_SEG_GRAD_CLIP = 1.0
+
+
 class SegConfig(_TrainCommon):
     model: Literal["largefov", "aspp", "tiny"] = Field("largefov", description="DeepLab-V1 LargeFOV (VGG-16), DeepLab-V2 ASPP (ResNet-101), or tiny (CPU).")
     weights: str | None = Field(
@@ -159,6 +163,31 @@ class SegConfig(_TrainCommon):
     detach_sigma: bool = Field(False, description="Stop gradients through sigma (the reference does not).")
     poly_power: float = Field(0.9, gt=0, description="Poly learning-rate schedule power.")
     iterations: int = Field(23805, gt=0, description="Number of SGD iterations.")
+    grad_clip: str | None = Field(
+        "auto", description="Clip the gradients' global L2 norm to this value each iteration: auto (1.0 for "
+        "the tiny model, which leaves the all-background prior only with it; off for largefov/aspp, as in the "
+        "paper), a positive number, or none/null/off.")
+
+    @field_validator("grad_clip", mode="before")
+    @classmethod
+    def _grad_clip(cls, v: Any) -> str | None:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null", "off", "")):
+            return None
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected auto, a positive number or none, got {v!r}") from None
+        if not x > 0 or x == float("inf"):
+            raise ValueError(f"must be a positive number, got {v!r}")
+        return repr(x)
+
+    def clip_norm(self) -> float | None:
+        """The gradient-clipping threshold in effect: ``grad_clip`` with auto resolved."""
+        if self.grad_clip == "auto":
+            return TINY_SEG_GRAD_CLIP if self.model == "tiny" else None
+        return None if self.grad_clip is None else float(self.grad_clip)
 
 
 class InstConfig(Section):

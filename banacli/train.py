@@ -378,6 +378,11 @@ class LoopResult:
     resumed_from: int
 
 
+def _clip(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm of ``model`` to ``max_norm``; the norm before clipping."""
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+
+
 def train_loop(
     *,
     model: nn.Module,
@@ -402,6 +407,7 @@ def train_loop(
     validate: Callable[[int], None] | None = None,
     val_every: int = 0,
     tensorboard_dir: Path | None = None,
+    clip_grad_norm: float | None = None,
 ) -> LoopResult:
     """Run SGD from the checkpoint (``resume``) or from scratch to ``iterations``.
 
@@ -417,6 +423,9 @@ def train_loop(
     - ``validate(done)`` runs on rank 0 every ``val_every`` iterations and at the end, with the
       model in eval mode and the RNG states restored afterwards (training is unchanged by it).
     - SIGTERM / SIGINT: checkpoint at the next iteration boundary, then :class:`Stopped`.
+    - ``clip_grad_norm``: the gradients' global L2 norm (after the DDP all-reduce and, with a
+      float16 scaler, after unscaling) is clipped to it; the norm before clipping is logged
+      as ``grad_norm``.
     """
     ckpt = out_dir / CHECKPOINT
     _check_restart(ckpt, resume=resume, force=force, iterations=iterations, config_meta=config_meta)
@@ -455,10 +464,15 @@ def train_loop(
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
+                    if clip_grad_norm is not None:
+                        scaler.unscale_(optimizer)
+                        extra = {**extra, "grad_norm": _clip(model, clip_grad_norm)}
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     loss.backward()
+                    if clip_grad_norm is not None:
+                        extra = {**extra, "grad_norm": _clip(model, clip_grad_norm)}
                     optimizer.step()
                 done = it + 1
                 if done == start + 1 and on_start is not None and info.is_main:

@@ -36,7 +36,9 @@ class DemoConfig(Section):
     cls_iterations: int = Field(400, gt=0, description="train-cls iterations (each pooling, each seed).")
     seg_iterations: int = Field(1500, gt=0, description="train-seg iterations (each loss, each seed); sized so that `make demo` fits in 20 min on 2 quiet cores.")
     batch_size: int = Field(8, gt=0, description="Batch size of both training stages.")
-    workers: int = Field(2, ge=1, description="gen-labels / eval worker processes.")
+    workers: int = Field(2, ge=1, description="gen-labels / eval worker processes (divided by jobs when jobs > 1).")
+    jobs: int = Field(0, ge=0, description="Independent training runs at once, each in its own process with an equal share "
+                      "of the cores as torch threads; 0 = one per available core, 1 = one after another in this process.")
 
 
 POOLINGS = ("bap", "gap", "gap-paper")
@@ -57,10 +59,8 @@ SEG_CLAIMS = (("NAL above plain CE on Ycrf", "w/ NAL", "w/ Ycrf (CE)"),)
 SEG_SET = ["seg.weights=null"]
 
 
-def _run(ctx: StageContext, stages, model, name: str, values: dict, commands: list[str]) -> None:
-    from banacli.cli import run_stage
-    from banacli.errors import BanaError
-
+def _command_line(name: str, values: dict) -> str:
+    """``values`` of one stage run as the ``bana`` command a user would type."""
     shown = [f"bana {name}"]
     for k, v in values.items():
         if k == "set_":
@@ -71,14 +71,51 @@ def _run(ctx: StageContext, stages, model, name: str, values: dict, commands: li
             shown.insert(1, str(v))
         elif v is not None:
             shown.append(f"--{k.replace('_', '-')} {v}")
-    commands.append(" ".join(shown))
-    ctx.logger.info("$ %s", " ".join(shown))
-    if not ctx.quiet:
-        ctx.console.print("$ " + " ".join(shown), style="bold", markup=False, highlight=False)
-    values = {"quiet": ctx.quiet, "device": ctx.device, **values}
-    code = run_stage(stages[name], model, values)
-    if code:
-        raise BanaError(f"demo: step 'bana {name}' failed (exit {code}); see the message above")
+    return " ".join(shown)
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | None,
+              echo=None) -> list[tuple[str, str, float, float]]:
+    """Run the steps of one task in order, in this process: ``("stage", label, name, values)``
+    runs ``bana NAME`` through the host, ``("link", src, dst, subs)`` shares finished outputs.
+    ``threads`` (set as BANA_NUM_THREADS for the stages) fixes the torch threads of a worker
+    process. Returns ``[(label, command, wall s, CPU s)]`` of the stage steps."""
+    import os
+
+    import torch
+
+    from banacli.cli import build_stage_model, run_stage
+    from banacli.errors import BanaError
+    from banacli.stage import discover_stages
+
+    if threads is not None:
+        os.environ["BANA_NUM_THREADS"] = str(threads)
+    stages = discover_stages()
+    model = build_stage_model(stages)
+    keep = torch.get_num_threads()
+    done = []
+    for item in task:
+        if item[0] == "link":
+            _link(*item[1:])
+            continue
+        _, label, name, values = item
+        command = _command_line(name, values)
+        if echo is not None:
+            echo(command)
+        t, c = time.perf_counter(), _cpu_seconds()
+        code = run_stage(stages[name], model, {"quiet": quiet, "device": device, **values})
+        torch.set_num_threads(keep)  # a stage must not leave its thread count to the next
+        if code:
+            raise BanaError(f"demo: step '{command}' failed (exit {code}); see the message above")
+        done.append((label, command, time.perf_counter() - t, _cpu_seconds() - c))
+    return done
 
 
 def _link(src_run: Path, dst_run: Path, subs: tuple[str, ...]) -> None:
@@ -117,69 +154,117 @@ def run(ctx: StageContext) -> None:
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
     out = Path(cfg.out)
     stages = discover_stages()
-    model = build_stage_model(stages)
-    commands: list[str] = []
+    jobs, threads = _jobs_and_threads(cfg.jobs)
+    workers = cfg.workers if jobs == 1 else max(1, cfg.workers // jobs)
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    threads = torch.get_num_threads()
-
-    cpu: dict[str, float] = {}
-
-    def cpu_seconds() -> float:
-        import resource
-
-        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
-
-    def step(label: str, name: str, values: dict) -> None:
-        t, c = time.perf_counter(), cpu_seconds()
-        _run(ctx, stages, model, name, values, commands)
-        torch.set_num_threads(threads)  # a stage must not leave its thread count to the next
-        timings[label] = timings.get(label, 0.0) + time.perf_counter() - t
-        cpu[label] = cpu.get(label, 0.0) + cpu_seconds() - c
-
     contexts = [cfg.context] + ([0.0] if cfg.p0 and cfg.context != 0.0 else [])
-    results: dict[str, dict] = {}
+
+    # tasks: independent chains of steps; phase 1 (classifiers and their labels) before phase 2
+    # (DeepLab on BAP's labels). The report lists every task's commands in this order.
+    synth_tasks: list[list[tuple]] = []
+    label_tasks: list[list[tuple]] = []
+    seg_tasks: list[list[tuple]] = []
+    layout: dict[str, list[tuple[int, Path, bool]]] = {}
     for p in contexts:
         pname = _p_name(p)
-        results[pname] = {"context": p, "seeds": {}}
+        layout[pname] = []
         for k, seed in enumerate(seed_list):
-            base = out / pname / f"seed{seed}"
+            base = out / _p_name(p) / f"seed{seed}"
             data, runs = base / "data", base / "runs"
+            with_seg = p == cfg.context and k < cfg.seg_seeds
+            layout[pname].append((seed, runs, with_seg))
             if not (data / "ImageSets" / "Segmentation" / "val.txt").is_file():
-                step("synth", "synth", {"out": data, "images": cfg.images, "val": cfg.val, "size": cfg.size,
-                                        "seed": seed, "context": p})
+                synth_tasks.append([("stage", "synth", "synth", {"out": data, "images": cfg.images, "val": cfg.val,
+                                                                 "size": cfg.size, "seed": seed, "context": p})])
             common = {"data": data, "set_": []}
             cls_args = {"backbone": "tiny", "iterations": cfg.cls_iterations, "batch_size": cfg.batch_size,
                         "crop_size": cfg.size, "lr": 0.01, "seed": seed, "resume": True}
             first = k == 0 and p == cfg.context
             for pooling in POOLINGS:
                 run_dir = runs / pooling
-                step("train-cls", "train-cls", {**common, "run": run_dir, "pooling": pooling, **cls_args,
-                                                "set_": ["cls.weights=null", f"cls.lr_step={int(cfg.cls_iterations * 0.75)}"]})
-                step("gen-labels", "gen-labels", {**common, "run": run_dir, "workers": cfg.workers,
-                                                  "viz": 4 if first and pooling != "gap" else 0})
-            _link(runs / "bap", runs / "bap-wo-u0", ("cls",))
-            step("gen-labels", "gen-labels", {**common, "run": runs / "bap-wo-u0", "workers": cfg.workers,
-                                              "set_": ["labels.use_u0=false"]})
+                task = [("stage", "train-cls", "train-cls", {**common, "run": run_dir, "pooling": pooling, **cls_args,
+                         "set_": ["cls.weights=null", f"cls.lr_step={int(cfg.cls_iterations * 0.75)}"]}),
+                        ("stage", "gen-labels", "gen-labels", {**common, "run": run_dir, "workers": workers,
+                                                               "viz": 4 if first and pooling != "gap" else 0})]
+                if pooling == "bap":
+                    task += [("link", runs / "bap", runs / "bap-wo-u0", ("cls",)),
+                             ("stage", "gen-labels", "gen-labels", {**common, "run": runs / "bap-wo-u0", "workers": workers,
+                                                                    "set_": ["labels.use_u0=false"]})]
+                label_tasks.append(task)
+            if with_seg:
+                for run_dir, loss in ((runs / "seg-ycrf", "ycrf"), (runs / "seg-nal", "nal")):
+                    seg_tasks.append([
+                        ("link", runs / "bap", run_dir, ("cls", "labels")),
+                        ("stage", "train-seg", "train-seg", {**common, "run": run_dir, "model": "tiny", "loss": loss,
+                         "iterations": cfg.seg_iterations, "batch_size": cfg.batch_size, "crop_size": cfg.size,
+                         "lr": 0.01, "seed": seed, "resume": True, "set_": list(SEG_SET)}),
+                        ("stage", "eval", "eval", {**common, "run": run_dir, "split": "val", "workers": workers})])
+    if jobs > 1:
+        ctx.info(f"demo: {len(label_tasks) + len(seg_tasks)} training runs, {jobs} at once "
+                 f"({threads} torch thread{'s' if threads > 1 else ''} each)")
+    done: list[list[tuple[str, str, float, float]]] = []
+    for tasks in (synth_tasks, label_tasks, seg_tasks):
+        done += _run_tasks(ctx, tasks, jobs, threads)
+    commands = [command for task in done for _, command, _, _ in task]
+    timings: dict[str, tuple[float, float]] = {}
+    for label, _, wall, cpu in (step for task in done for step in task):
+        w, c = timings.get(label, (0.0, 0.0))
+        timings[label] = (w + wall, c + cpu)
+
+    results: dict[str, dict] = {}
+    for p in contexts:
+        pname = _p_name(p)
+        results[pname] = {"context": p, "seeds": {}}
+        for seed, runs, with_seg in layout[pname]:
             row = pseudo_row(runs)
-            if p == cfg.context and k < cfg.seg_seeds:
-                seg_runs = {"w/ Ycrf (CE)": runs / "seg-ycrf", "w/ NAL": runs / "seg-nal"}
-                for (label, run_dir), loss in zip(seg_runs.items(), ("ycrf", "nal")):
-                    _link(runs / "bap", run_dir, ("cls", "labels"))
-                    step("train-seg", "train-seg", {**common, "run": run_dir, "model": "tiny", "loss": loss,
-                                                    "iterations": cfg.seg_iterations, "batch_size": cfg.batch_size,
-                                                    "crop_size": cfg.size, "lr": 0.01, "seed": seed, "resume": True,
-                                                    "set_": list(SEG_SET)})
-                    step("eval", "eval", {**common, "run": run_dir, "split": "val", "workers": cfg.workers})
-                row.update(seg_row(seg_runs))
+            if with_seg:
+                row.update(seg_row({"w/ Ycrf (CE)": runs / "seg-ycrf", "w/ NAL": runs / "seg-nal"}))
             results[pname]["seeds"][str(seed)] = row
     seconds = time.perf_counter() - t0
     for r in results.values():
         r["summary"] = summarise(r["seeds"])
-    write_report(out, ctx, results, commands, {k: (timings[k], cpu[k]) for k in timings}, seconds, cfg, threads)
+    write_report(out, ctx, results, commands, timings, seconds, cfg, threads, jobs)
     print_table(ctx, results)
     ctx.info(f"demo: finished in {seconds / 60:.1f} min; report in {out / 'report.md'}")
+
+
+def _jobs_and_threads(jobs: int) -> tuple[int, int]:
+    """(runs at once, torch threads per run): ``jobs`` = 0 means one run per available core."""
+    from banacli.threads import wanted_threads
+
+    cores, _ = wanted_threads()
+    if jobs == 1:
+        return 1, cores
+    jobs = jobs or cores
+    return jobs, max(1, cores // jobs)
+
+
+def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: int) -> list[list[tuple]]:
+    """Run independent tasks, in this process (jobs = 1, stage output shown) or in ``jobs``
+    worker processes (joblib/loky, stages quiet, one line per finished task); results in the
+    order of ``tasks`` whatever the order of completion."""
+    def echo(command: str) -> None:
+        ctx.logger.info("$ %s", command)
+        if not ctx.quiet:
+            ctx.console.print("$ " + command, style="bold", markup=False, highlight=False)
+
+    if jobs == 1 or len(tasks) <= 1:
+        return [_run_task(t, quiet=ctx.quiet, device=ctx.device, threads=None, echo=echo) for t in tasks]
+    from joblib import Parallel, delayed
+
+    out: list = [None] * len(tasks)
+    calls = (delayed(_indexed)(k, t, ctx.device, threads) for k, t in enumerate(tasks))
+    for k, steps in Parallel(n_jobs=min(jobs, len(tasks)), backend="loky", return_as="generator_unordered")(calls):
+        out[k] = steps
+        for _, command, wall, _ in steps:
+            ctx.logger.info("$ %s (%.0f s)", command, wall)
+            if not ctx.quiet:
+                ctx.console.print(f"$ {command}  [{wall:.0f} s]", markup=False, highlight=False)
+    return out
+
+
+def _indexed(k: int, task: list[tuple], device: str, threads: int) -> tuple[int, list]:
+    return k, _run_task(task, quiet=True, device=device, threads=threads)
 
 
 def pseudo_row(runs: Path) -> dict[str, float]:
@@ -289,7 +374,7 @@ def print_table(ctx: StageContext, results: dict) -> None:
 
 
 def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str], timings: dict, seconds: float,
-                 cfg, threads: int) -> None:
+                 cfg, threads: int, jobs: int = 1) -> None:
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
     import os
     import platform
@@ -318,14 +403,16 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
     lines = [
         "# bana demo report", "",
         f"bana {__version__}, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs{load}, "
-        f"**{threads} torch threads**, device {ctx.device}. Per seed: {cfg.images} train + {cfg.val} val synthetic "
+        f"**{threads} torch thread{'s' if threads > 1 else ''} per run**"
+        f"{f', {jobs} runs at once' if jobs > 1 else ''}, device {ctx.device}. Per seed: {cfg.images} train + {cfg.val} val synthetic "
         f"images of {cfg.size} px; seeds {', '.join(map(str, seed_list))} (each seed is its own dataset and its "
         f"own training runs); {seconds / 60:.1f} min in all.", "",
         "How to read this: each number is an mIoU (%). Pseudo labels are scored on the train split against the "
         "synthetic ground truth, DeepLab on the val split. A claim of the paper **holds** when the difference of the "
         "means exceeds twice the pooled standard deviation over seeds, **does not hold** when the opposite order "
         "does, and is **not separable** otherwise. Nothing was tuned to make a claim hold.", "",
-        "Thread count: with the same seed and the same number of torch threads two runs print identical numbers. "
+        "Thread count: with the same seed and the same number of torch threads per run two runs print identical "
+        "numbers, however many runs go at once (--jobs). "
         "With another thread count, floating-point sums are taken in another order, so the numbers can change "
         "(training amplifies the last bits); the spread over seeds above is the scale of such changes.", "",
     ]
@@ -351,7 +438,7 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_json(out / "report.json", {"results": results, "timings": timings, "seconds": seconds,
-                                            "threads": threads, "commands": commands})
+                                            "threads": threads, "jobs": jobs, "commands": commands})
 
 
 stage = Stage(

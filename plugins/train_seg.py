@@ -164,7 +164,8 @@ def run(ctx: StageContext) -> None:
         validate = _seg_validator(ctx, model, norm, info, len(ds.class_names)) if cfg.val_every else None
 
         ctx.info(f"train-seg: {len(ds)} images, model {cfg.model}, loss {cfg.loss} on labels {crf_name}/{ret_name}, "
-                 f"{cfg.iterations} iterations of batch {cfg.batch_size} ({info.world} x {local_batch}) on {info.device}")
+                 f"{cfg.iterations} iterations of batch {cfg.batch_size} ({info.world} x {local_batch}) on {info.device}"
+                 + (f", gradient norm clipped to {cfg.clip_norm():g}" if cfg.clip_norm() is not None else ""))
         t0 = time.perf_counter()
         with ctx.progress() as prog:
             result = train_loop(
@@ -176,6 +177,7 @@ def run(ctx: StageContext) -> None:
                 force=cfg.force, label="train-seg", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
                 on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
                 tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
+                clip_grad_norm=cfg.clip_norm(),
             )
         seconds = time.perf_counter() - t0
         if info.is_main:
@@ -235,7 +237,7 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
             st["warned"] = True
             msg = (f"train-seg: warning: after {done} iterations val mIoU {100 * r['miou']:.1f}% is still the "
                    f"all-background prior ({100 * r['prior']:.1f}%): the model predicts background almost "
-                   "everywhere. Try more --iterations (a tiny model from random init needs thousands), another --lr, "
+                   "everywhere. Try more --iterations, another --lr, --grad-clip 1 (the tiny model's default), "
                    "starting from the classifier (--weights RUN/cls/model.safetensors), or check the pseudo "
                    "labels (bana eval --what labels)")
             ctx.logger.warning(msg)

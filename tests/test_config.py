@@ -87,3 +87,17 @@ def test_docs_config_reference_is_current():
     expected = config_reference_markdown(root_model({s.section: s.config for s in stages.values()}))
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == expected, "docs/config.md is stale: run `python -m banacli.config > docs/config.md`"
+
+
+def test_seg_grad_clip_spellings_and_auto():
+    from banacli.config import SegConfig
+
+    assert SegConfig(model="tiny").clip_norm() == 1.0
+    assert SegConfig(model="largefov").clip_norm() is None and SegConfig(model="aspp").clip_norm() is None
+    assert SegConfig(model="largefov", grad_clip="2.5").clip_norm() == 2.5
+    assert SegConfig(model="tiny", grad_clip=0.5).clip_norm() == 0.5
+    for off in (None, "none", "null", "off", "None"):
+        assert SegConfig(model="tiny", grad_clip=off).clip_norm() is None
+    for bad in ("0", "-1", "inf", "often", "nan"):
+        with pytest.raises(Exception):
+            SegConfig(grad_clip=bad)

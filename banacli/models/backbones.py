@@ -150,9 +150,10 @@ def load_state_file(path: str | Path) -> dict[str, Tensor]:
 
 
 def build_backbone(
-    name: str, *, weights: str | Path | None = None, fc6_dilation: int = 1
+    name: str, *, weights: str | Path | None = None, fc6_dilation: int = 1, dropout: float = 0.5
 ) -> nn.Module:
-    """Build backbone ``name`` (one of BACKBONES); see the module docstring for ``weights``."""
+    """Build backbone ``name`` (one of BACKBONES); see the module docstring for ``weights``.
+    ``fc6_dilation`` and ``dropout`` (of fc6/fc7) apply to vgg16 and tiny only."""
     if name not in BACKBONES:
         raise BanaError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     kind, what = resolve_weights(name, weights)
@@ -175,7 +176,8 @@ def build_backbone(
             info["sha256"] = sha256_file(what)
 
     if name in ("vgg16", "tiny"):
-        model: nn.Module = VGG16(fc6_dilation=fc6_dilation) if name == "vgg16" else tiny_vgg(fc6_dilation=fc6_dilation)
+        model: nn.Module = (VGG16(fc6_dilation=fc6_dilation, dropout=dropout) if name == "vgg16"
+                            else tiny_vgg(fc6_dilation=fc6_dilation, dropout=dropout))
         model.normalization = dict(CAFFE if name == "vgg16" else TORCHVISION)
         if sd is not None:
             if is_torchvision_vgg_state(sd):
@@ -193,8 +195,8 @@ def build_backbone(
                 model.normalization = dict(CAFFE)  # our / the authors' names: Caffe-converted
             load_vgg16_state(model, sd, source=source)
     else:
-        if fc6_dilation != 1:
-            raise BanaError(f"fc6_dilation applies to vgg16/tiny only, not {name}")
+        if fc6_dilation != 1 or dropout != 0.5:
+            raise BanaError(f"fc6_dilation and dropout apply to vgg16/tiny only, not {name}")
         model = ResNetBackbone(name)
         model.normalization = dict(TORCHVISION)
         if sd is not None:

@@ -9,7 +9,12 @@
   each branch outputs ``ASPP_CHANNELS`` = 256 channels without bias and
   phi = ReLU(sum of the branches); the cosine classifier is applied to phi. (256 keeps
   the head at 19 M parameters; 1024 would cost 75 M, more than the ResNet-101 trunk.)
-- ``tiny``: the small CPU backbone (``build_backbone("tiny", fc6_dilation=12)``) for tests.
+- ``tiny``: the small CPU backbone (``build_backbone("tiny", fc6_dilation=12, dropout=0)``) for
+  tests and demos, without the Dropout2d(0.5) after fc6 and fc7. phi is fc7's output; with 128
+  channels, dropping half of them per image changes the direction of phi, so its cosine to each
+  W_c, so much that the tiny model from random init did not fit one fixed batch of 8 images in
+  40 Adam steps, and with dropout it stayed at the all-background prior for 300 iterations even
+  with gradient clipping (docs/results.md, "Why the tiny DeepLab sat at the prior").
 
 Classifier: logits_c(p) = tau * cos(phi(p), W_c), no bias. |logits| <= tau by construction.
 Weights of new layers (ASPP, classifier) ~ N(0, 0.01^2), biases 0.
@@ -175,6 +180,6 @@ def build_segmenter(name: str, num_classes: int, *, weights: Any = None, tau: fl
         backbone = build_backbone("resnet101", weights=weights)
         head = ASPP(backbone.out_channels)
     else:
-        backbone = build_backbone("tiny", weights=weights, fc6_dilation=12)
+        backbone = build_backbone("tiny", weights=weights, fc6_dilation=12, dropout=0.0)
         head = None
     return SegNet(backbone, head, num_classes, tau=tau, name=name)

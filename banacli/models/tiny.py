@@ -14,5 +14,5 @@ TINY_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 64)
 TINY_FC_CHANNELS = 128
 
 
-def tiny_vgg(*, fc6_dilation: int = 1) -> VGG16:
-    return VGG16(fc6_dilation=fc6_dilation, widths=TINY_WIDTHS, fc_channels=TINY_FC_CHANNELS)
+def tiny_vgg(*, fc6_dilation: int = 1, dropout: float = 0.5) -> VGG16:
+    return VGG16(fc6_dilation=fc6_dilation, widths=TINY_WIDTHS, fc_channels=TINY_FC_CHANNELS, dropout=dropout)

@@ -4,7 +4,8 @@ Topology (SPEC, stage 1): conv1_1..conv5_3 (3x3, padding 1, ReLU); a 3x3 max-poo
 padding 1 after each block, stride 2 after blocks 1-3 and stride 1 after blocks 4-5; conv5_x
 dilated by 2; a 3x3 average pool (stride 1, padding 1); fc6 = 3x3 conv 512->1024 (dilation
 ``fc6_dilation``: 1 for the classifier, 12 for DeepLab-LargeFOV) + ReLU + Dropout2d(0.5);
-fc7 = 1x1 conv 1024->1024 + ReLU + Dropout2d(0.5).
+fc7 = 1x1 conv 1024->1024 + ReLU + Dropout2d(0.5). ``dropout=0`` leaves both dropouts out (the
+tiny DeepLab, :mod:`banacli.models.deeplab`).
 
 Parameters are registered as ``conv1_1.weight, conv1_1.bias, ..., conv5_3.bias, fc6.weight,
 fc6.bias, fc7.weight, fc7.bias`` in that order, so the authors' plain state dict converts 1:1.
@@ -40,12 +41,15 @@ class VGG16(nn.Module):
         fc6_dilation: int = 1,
         widths: Sequence[int] = VGG16_WIDTHS,
         fc_channels: int = 1024,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if len(widths) != 5:
             raise ValueError(f"VGG16 needs 5 block widths, got {list(widths)}")
         if fc6_dilation < 1:
             raise ValueError(f"fc6_dilation must be >= 1, got {fc6_dilation}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.fc6_dilation = int(fc6_dilation)
         in_ch = 3
         # Registration order == parameter order (conv1_1 ... conv5_3, fc6, fc7).
@@ -62,8 +66,9 @@ class VGG16(nn.Module):
         self.fc6 = nn.Conv2d(in_ch, fc_channels, 3, padding=fc6_dilation, dilation=fc6_dilation)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.relu = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout2d(0.5)
-        self.drop7 = nn.Dropout2d(0.5)
+        # p = 0: Identity rather than Dropout2d(0), which would still draw random numbers
+        self.drop6 = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.drop7 = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.out_channels = fc_channels
         self.reset_parameters()
 
