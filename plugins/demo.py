@@ -34,7 +34,7 @@ class DemoConfig(Section):
     seeds: int = Field(3, ge=1, description="Number of seeds of the pseudo-label comparison.")
     seg_seeds: int = Field(2, ge=1, description="DeepLab (CE on Ycrf vs NAL) runs on the first this-many seeds, on the context data.")
     cls_iterations: int = Field(400, gt=0, description="train-cls iterations (each pooling, each seed).")
-    seg_iterations: int = Field(1500, gt=0, description="train-seg iterations (each loss, each seed); sized so that `make demo` fits in 20 min on 2 quiet cores.")
+    seg_iterations: int = Field(1000, gt=0, description="train-seg iterations (each loss, each seed); sized so that `make demo` fits in 20 min on 2 quiet cores.")
     batch_size: int = Field(8, gt=0, description="Batch size of both training stages.")
     workers: int = Field(2, ge=1, description="gen-labels / eval worker processes (divided by jobs when jobs > 1).")
     jobs: int = Field(0, ge=0, description="Independent training runs at once, each in its own process with an equal share "
