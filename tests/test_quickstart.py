@@ -2,11 +2,14 @@
 
 Every ``bana ...`` line of the README's Quick start block runs as written, in a shell, in an
 empty folder. Sizes are shrunk only through ``BANA_OVERRIDES`` (docs/usage.md), the documented
-way to run commands smaller without editing them. The run must end with a segmentation model
-whose val mIoU is well above the all-background prior, and with masks written by predict.
-It takes several minutes on 2 quiet cores, so it runs only with ``BANA_QUICKSTART=1``:
+way to run commands smaller without editing them: in the test suite 20 val images and 300
+train-seg iterations instead of 1000 (about 2.5 minutes on 2 cores); with ``BANA_QUICKSTART=1``
+the block's own sizes (several minutes):
 
     BANA_QUICKSTART=1 python -m pytest tests/test_quickstart.py
+
+The run must end with a segmentation model whose val mIoU is well above the all-background
+prior, and with masks written by predict that hold objects.
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ import numpy as np
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-# fewer images than the README's; training lengths and learning rates as written
-SMALLER = "synth.images=100 synth.val=20"
+FULL = os.environ.get("BANA_QUICKSTART") == "1"
+# the suite's run: fewer val images and a shorter train-seg; the rest as written (200 train images, so
+# that predict's 00020?.jpg are val images)
+SMALLER = "synth.val=20 seg.iterations=300 seg.val_every=100"
+# val mIoU above the prior by at least this (measured margins in docs/usage.md)
+MARGIN = 0.25 if FULL else 0.10
 
 
 def quickstart_commands(text: str) -> list[str]:
@@ -54,11 +61,12 @@ def _prior(cm: np.ndarray) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.skipif(os.environ.get("BANA_QUICKSTART") != "1",
-                    reason="the Quick start takes minutes: run with BANA_QUICKSTART=1")
 def test_quickstart_verbatim(tmp_path):
-    env = {**os.environ, "BANA_OVERRIDES": SMALLER, "COLUMNS": "200",
+    env = {**os.environ, "COLUMNS": "200",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("BANA_OVERRIDES", None)
+    if not FULL:
+        env["BANA_OVERRIDES"] = SMALLER
     for cmd in quickstart_commands(README.read_text()):
         res = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
         assert res.returncode == 0, f"{cmd}\n{res.stderr[-3000:]}"
@@ -67,7 +75,7 @@ def test_quickstart_verbatim(tmp_path):
     result = json.loads(metrics[-1].read_text())
     cm = np.asarray(result["confusion_matrix"])
     prior = _prior(cm)
-    assert result["miou"] > prior + 0.15, (result["miou"], prior)
+    assert result["miou"] > prior + MARGIN, (result["miou"], prior)
     # the masks predict wrote hold objects, not background only
     masks = list((tmp_path / "runs" / "toy" / "masks").glob("*.png"))
     assert masks
