@@ -203,8 +203,9 @@ def run(ctx: StageContext) -> None:
         ctx.info(f"demo: {len(label_tasks) + len(seg_tasks)} training runs, {jobs} at once "
                  f"({threads} torch thread{'s' if threads > 1 else ''} each)")
     done: list[list[tuple[str, str, float, float]]] = []
-    for tasks in (synth_tasks, label_tasks, seg_tasks):
-        done += _run_tasks(ctx, tasks, jobs, threads)
+    for tasks, what in ((synth_tasks, "datasets"), (label_tasks, "classifiers and pseudo labels"),
+                        (seg_tasks, "DeepLab runs")):
+        done += _run_tasks(ctx, tasks, jobs, threads, what)
     commands = [command for task in done for _, command, _, _ in task]
     timings: dict[str, tuple[float, float]] = {}
     for label, _, wall, cpu in (step for task in done for step in task):
@@ -239,7 +240,7 @@ def _jobs_and_threads(jobs: int) -> tuple[int, int]:
     return jobs, max(1, cores // jobs)
 
 
-def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: int) -> list[list[tuple]]:
+def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: int, what: str) -> list[list[tuple]]:
     """Run independent tasks, in this process (jobs = 1, stage output shown) or in ``jobs``
     worker processes (joblib/loky, stages quiet, one line per finished task); results in the
     order of ``tasks`` whatever the order of completion."""
@@ -254,12 +255,16 @@ def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: 
 
     out: list = [None] * len(tasks)
     calls = (delayed(_indexed)(k, t, ctx.device, threads) for k, t in enumerate(tasks))
-    for k, steps in Parallel(n_jobs=min(jobs, len(tasks)), backend="loky", return_as="generator_unordered")(calls):
-        out[k] = steps
-        for _, command, wall, _ in steps:
-            ctx.logger.info("$ %s (%.0f s)", command, wall)
-            if not ctx.quiet:
-                ctx.console.print(f"$ {command}  [{wall:.0f} s]", markup=False, highlight=False)
+    with ctx.progress() as prog:
+        bar = prog.add_task(f"demo: {what}, {jobs} at once", total=len(tasks), status="")
+        parallel = Parallel(n_jobs=min(jobs, len(tasks)), backend="loky", return_as="generator_unordered")
+        for k, steps in parallel(calls):
+            out[k] = steps
+            for _, command, wall, _ in steps:
+                ctx.logger.info("$ %s (%.0f s)", command, wall)
+                if not ctx.quiet:
+                    prog.console.print(f"$ {command}  [{wall:.0f} s]", markup=False, highlight=False)
+            prog.advance(bar)
     return out
 
 

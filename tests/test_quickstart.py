@@ -2,9 +2,9 @@
 
 Every ``bana ...`` line of the README's Quick start block runs as written, in a shell, in an
 empty folder. Sizes are shrunk only through ``BANA_OVERRIDES`` (docs/usage.md), the documented
-way to run commands smaller without editing them: in the test suite 20 val images and 400
-train-seg iterations instead of 1000 (under 3 minutes on 2 cores); with ``BANA_QUICKSTART=1``
-the block's own sizes (several minutes):
+way to run commands smaller without editing them: in the test suite 20 val images, 200
+train-cls iterations instead of 400 and 400 train-seg iterations instead of 1000 (about 2.5
+minutes on 2 cores); with ``BANA_QUICKSTART=1`` the block's own sizes (about 5 minutes):
 
     BANA_QUICKSTART=1 python -m pytest tests/test_quickstart.py
 
@@ -26,9 +26,9 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FULL = os.environ.get("BANA_QUICKSTART") == "1"
-# the suite's run: fewer val images and a shorter train-seg; the rest as written (200 train images, so
+# the suite's run: fewer val images and shorter training; the rest as written (200 train images, so
 # that predict's 00020?.jpg are val images)
-SMALLER = "synth.val=20 seg.iterations=400 seg.val_every=200"
+SMALLER = "synth.val=20 cls.iterations=200 cls.lr_step=150 seg.iterations=400 seg.val_every=200"
 # val mIoU above the prior by at least this (measured margins in docs/usage.md)
 MARGIN = 0.25 if FULL else 0.10
 

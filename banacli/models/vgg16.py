@@ -66,7 +66,7 @@ class VGG16(nn.Module):
         self.fc6 = nn.Conv2d(in_ch, fc_channels, 3, padding=fc6_dilation, dilation=fc6_dilation)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.relu = nn.ReLU(inplace=True)
-        # p = 0: Identity rather than Dropout2d(0), which would still draw random numbers
+        # p = 0: no dropout module at all
         self.drop6 = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.drop7 = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.out_channels = fc_channels

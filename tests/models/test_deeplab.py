@@ -101,3 +101,21 @@ def test_cosine_classifier_and_nal_confidence_are_fp32_under_autocast():
     s_ref = confidence_map(ref, target, tau=20.0)
     s_amp = confidence_map(amp, target, tau=20.0)
     assert (s_ref - s_amp).abs().max() < 1e-3
+
+
+def test_tiny_segmenter_has_no_fc_dropout_and_the_tiny_classifier_keeps_it():
+    # the tiny DeepLab trains without Dropout2d after fc6/fc7 (docs/results.md); stage 1 is unchanged
+    import torch
+    from torch import nn
+
+    from banacli.models.backbones import build_backbone
+    from banacli.models.deeplab import build_segmenter
+
+    seg = build_segmenter("tiny", 3, weights=None).train()
+    assert not any(isinstance(m, nn.Dropout2d) for m in seg.modules())
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(seg(x)["logits"], seg(x)["logits"])  # nothing random in training mode
+    cls = build_backbone("tiny", weights=None)
+    assert [m.p for m in cls.modules() if isinstance(m, nn.Dropout2d)] == [0.5, 0.5]
+    assert [m.p for m in build_segmenter("largefov", 3, weights=None).modules()
+            if isinstance(m, nn.Dropout2d)] == [0.5, 0.5]
