@@ -95,26 +95,35 @@ def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | Non
     from banacli.errors import BanaError
     from banacli.stage import discover_stages
 
-    if threads is not None:
-        os.environ["BANA_NUM_THREADS"] = str(threads)
+    from banacli.threads import ENV
+
     stages = discover_stages()
     model = build_stage_model(stages)
-    keep = torch.get_num_threads()
+    keep, keep_env = torch.get_num_threads(), os.environ.get(ENV)
+    if threads is not None:
+        os.environ[ENV] = str(threads)
     done = []
-    for item in task:
-        if item[0] == "link":
-            _link(*item[1:])
-            continue
-        _, label, name, values = item
-        command = _command_line(name, values)
-        if echo is not None:
-            echo(command)
-        t, c = time.perf_counter(), _cpu_seconds()
-        code = run_stage(stages[name], model, {"quiet": quiet, "device": device, **values})
-        torch.set_num_threads(keep)  # a stage must not leave its thread count to the next
-        if code:
-            raise BanaError(f"demo: step '{command}' failed (exit {code}); see the message above")
-        done.append((label, command, time.perf_counter() - t, _cpu_seconds() - c))
+    try:
+        for item in task:
+            if item[0] == "link":
+                _link(*item[1:])
+                continue
+            _, label, name, values = item
+            command = _command_line(name, values)
+            if echo is not None:
+                echo(command)
+            t, c = time.perf_counter(), _cpu_seconds()
+            code = run_stage(stages[name], model, {"quiet": quiet, "device": device, **values})
+            torch.set_num_threads(keep)  # a stage must not leave its thread count to the next
+            if code:
+                raise BanaError(f"demo: step '{command}' failed (exit {code}); see the message above")
+            done.append((label, command, time.perf_counter() - t, _cpu_seconds() - c))
+    finally:
+        if threads is not None:
+            if keep_env is None:
+                os.environ.pop(ENV, None)
+            else:
+                os.environ[ENV] = keep_env
     return done
 
 
@@ -140,11 +149,7 @@ def _p_name(p: float) -> str:
 
 
 def run(ctx: StageContext) -> None:
-    import torch
-
-    from banacli.cli import build_stage_model
     from banacli.errors import ConfigError
-    from banacli.stage import discover_stages
 
     cfg: DemoConfig = ctx.section
     if cfg.out is None:
@@ -153,7 +158,6 @@ def run(ctx: StageContext) -> None:
         raise ConfigError(f"bana demo: seg_seeds ({cfg.seg_seeds}) is larger than seeds ({cfg.seeds})")
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
     out = Path(cfg.out)
-    stages = discover_stages()
     jobs, threads = _jobs_and_threads(cfg.jobs)
     workers = cfg.workers if jobs == 1 else max(1, cfg.workers // jobs)
     t0 = time.perf_counter()
@@ -169,7 +173,7 @@ def run(ctx: StageContext) -> None:
         pname = _p_name(p)
         layout[pname] = []
         for k, seed in enumerate(seed_list):
-            base = out / _p_name(p) / f"seed{seed}"
+            base = out / pname / f"seed{seed}"
             data, runs = base / "data", base / "runs"
             with_seg = p == cfg.context and k < cfg.seg_seeds
             layout[pname].append((seed, runs, with_seg))
@@ -249,8 +253,9 @@ def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: 
         if not ctx.quiet:
             ctx.console.print("$ " + command, style="bold", markup=False, highlight=False)
 
-    if jobs == 1 or len(tasks) <= 1:
-        return [_run_task(t, quiet=ctx.quiet, device=ctx.device, threads=None, echo=echo) for t in tasks]
+    if jobs == 1 or len(tasks) <= 1:  # one task of a --jobs run keeps that run's thread count
+        return [_run_task(t, quiet=ctx.quiet, device=ctx.device, threads=threads if jobs > 1 else None, echo=echo)
+                for t in tasks]
     from joblib import Parallel, delayed
 
     out: list = [None] * len(tasks)
