@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +80,23 @@ def _umask() -> int:
     return mask
 
 
-def remove_stale_temp_files(folder: str | os.PathLike) -> int:
-    """Delete temporary files that a killed writer left in ``folder`` (``.NAME.*.tmp``).
+def temp_target(temp: Path) -> str:
+    """The file name a temporary file of :func:`atomic_path` was to become (``.NAME.XXXX.tmp`` -> NAME)."""
+    return temp.name[1:-len(".tmp")].rsplit(".", 1)[0]
 
-    Call only where no other process is writing to the same folder. Returns how many were removed.
+
+def remove_stale_temp_files(folder: str | os.PathLike, targets: Collection[str] | None = None) -> int:
+    """Delete temporary files that a killed writer left in ``folder`` (``.NAME.*.tmp``); with
+    ``targets``, only those whose NAME is in it.
+
+    Call only where no other process is writing to the same folder, or, with ``targets``, to
+    those names. Returns how many were removed.
     """
+    wanted = None if targets is None else set(targets)
     n = 0
     for p in Path(folder).glob(".*.tmp"):
+        if wanted is not None and temp_target(p) not in wanted:
+            continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             n += 1

@@ -465,6 +465,12 @@ def label_split(ctx) -> LabelRun:
         d.mkdir(parents=True, exist_ok=True)
 
     mine = part_indices(len(ds), shard, rank, world)
+    if shard[1] > 1:  # a killed earlier run of this shard: only its own images' temp files (the
+        # other shards may be writing theirs now; the shard lock keeps this shard's twin out)
+        own = {f"{ds.ids[i]}.png" for i in mine}
+        for d in [*out_dirs.values(), viz_dir]:
+            if d.is_dir():
+                remove_stale_temp_files(d, own)
     viz_ids = set(ds.ids[: cfg.viz])
 
     sizes = {}

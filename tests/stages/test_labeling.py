@@ -102,6 +102,30 @@ def test_shards_label_disjoint_parts_into_one_run(tiny_data, cls_run, tmp_path, 
     assert res.exit_code == 0 and f"{len(ids)} already finished, 0 to label" in res.output
 
 
+def test_a_shard_removes_only_its_own_stale_temp_files(tiny_data, cls_run, tmp_path, app):
+    # temp files a killed run left: shard 1/2 labels images 0, 2, 4, ...; another shard may be
+    # writing images 1, 3, ... right now, so their temp files must stay
+    run = _copy(cls_run, tmp_path / "run")
+    ids = (tiny_data / "ImageSets/Segmentation/train.txt").read_text().split()
+    ycrf = run / "labels" / "Ycrf"
+    ycrf.mkdir(parents=True)
+    mine, theirs = ycrf / f".{ids[0]}.png.k1lled0a.tmp", ycrf / f".{ids[1]}.png.wr1t1ng0.tmp"
+    for p in (mine, theirs):
+        p.write_bytes(b"partial")
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--shard", "1/2", "-q"])
+    assert res.exit_code == 0, res.output
+    assert not mine.exists() and theirs.read_bytes() == b"partial"
+    assert (ycrf / f"{ids[0]}.png").is_file() and not (ycrf / f"{ids[1]}.png").exists()
+
+
+def test_temp_target_names_the_file_a_temp_file_becomes(tmp_path):
+    from banacli.artifacts import atomic_path, temp_target
+
+    with atomic_path(tmp_path / "2007_000032.v2.png") as tmp:
+        assert temp_target(tmp) == "2007_000032.v2.png"
+        tmp.write_bytes(b"x")
+
+
 def test_shard_refusals(tiny_data, cls_run, tmp_path, app):
     run = _copy(cls_run, tmp_path / "run")
     res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--shard", "3/2"])
