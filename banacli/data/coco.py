@@ -48,6 +48,7 @@ import numpy as np
 from banacli.data.palette import VOID
 from banacli.data.voc import (
     Sample,
+    _SampleDataset,
     _check_class_names,
     box_pixel_ranges,
     check_image,
@@ -126,7 +127,7 @@ def load_coco_json(path: Path):
     return coco
 
 
-class COCODataset:
+class COCODataset(_SampleDataset):
     """A map-style dataset over one COCO instances file, with VOCDataset's interface.
 
     ``ids`` are the sample ids (file stems) of the usable images, ``skipped`` the
@@ -218,8 +219,8 @@ class COCODataset:
     # ------------------------------------------------------------------ per image
 
     @property
-    def class_names(self) -> list[str]:
-        return ["background", *self.classes]
+    def _source(self) -> Path:
+        return self.ann_path
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / str(self._img[image_id]["file_name"])
@@ -321,9 +322,6 @@ class COCODataset:
                 gt[mask_of(ann["segmentation"], height, width)] = VOID
         return gt
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def load(self, index: int) -> Sample:
         sid = self.ids[index]
         boxes, labels, crowd, objs = self._parsed[sid]
@@ -344,11 +342,7 @@ class COCODataset:
         if not self.max_side:
             return sample
         sample = shrink_sample(sample, self.max_side)
-        if sample.reduced and self.notify is not None and sid not in self._reported:
-            self._reported.add(sid)
-            rh, rw = sample.image.shape[:2]
-            self.notify(f"{sid}: {w}x{h} image processed at reduced size {rw}x{rh} "
-                        f"(data.max_side={self.max_side}); outputs are written at {w}x{h}")
+        self._note_reduced(sample)
         return sample
 
     def background_fraction(self, index: int) -> float:
@@ -364,10 +358,6 @@ class COCODataset:
         m = definite_background(np.concatenate([boxes, crowd]) * scale, h2, w2)
         return float(m.mean())
 
-    def __getitem__(self, index: int) -> Any:
-        sample = self.load(index)
-        return self.transform(sample) if self.transform is not None else sample
-
     def digest(self) -> str:
         """sha256 over the annotation file and the ids used: the input's identity."""
         h = hashlib.sha256()
@@ -375,16 +365,6 @@ class COCODataset:
         for sid in self.ids:
             h.update(sid.encode())
         return h.hexdigest()
-
-    def summary(self, max_listed: int = 5) -> str:
-        head = f"{self.ann_path} [{self.split}]: {len(self.ids)} images, {len(self.classes)} classes"
-        if not self.skipped:
-            return head
-        lines = [f"{head}; skipped {len(self.skipped)} of {len(self.all_ids)}:"]
-        lines += [f"  {reason}" for _, reason in self.skipped[:max_listed]]
-        if len(self.skipped) > max_listed:
-            lines.append(f"  … and {len(self.skipped) - max_listed} more")
-        return "\n".join(lines)
 
 
 def _to_rle(seg: Any, height: int, width: int) -> dict:

@@ -547,7 +547,45 @@ def resize_label(label: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
 # ----------------------------------------------------------------------------- dataset
 
 
-class VOCDataset:
+class _SampleDataset:
+    """What VOCDataset and COCODataset share: the class names, len/getitem, the note on a
+    shrunk image, and summary(). Subclasses set ``classes``, ``ids``, ``all_ids``, ``skipped``,
+    ``split``, ``transform``, ``max_side``, ``notify``, ``_reported`` and define ``load`` and
+    ``_source`` (what summary() names)."""
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of all label ids, background first: ``["background", *classes]``."""
+        return ["background", *self.classes]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Any:
+        sample = self.load(index)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def _note_reduced(self, sample: Sample) -> None:
+        """One ``notify`` line per image processed below its size (``data.max_side``)."""
+        if sample.reduced and self.notify is not None and sample.id not in self._reported:
+            self._reported.add(sample.id)
+            (h, w), (rh, rw) = sample.orig_hw, sample.image.shape[:2]
+            self.notify(f"{sample.id}: {w}x{h} image processed at reduced size {rw}x{rh} "
+                        f"(data.max_side={self.max_side}); outputs are written at {w}x{h}")
+
+    def summary(self, max_listed: int = 5) -> str:
+        """One line (plus one per listed problem) on what was read and what was skipped."""
+        head = f"{self._source} [{self.split}]: {len(self.ids)} images, {len(self.classes)} classes"
+        if not self.skipped:
+            return head
+        lines = [f"{head}; skipped {len(self.skipped)} of {len(self.all_ids)}:"]
+        lines += [f"  {reason}" for _, reason in self.skipped[:max_listed]]
+        if len(self.skipped) > max_listed:
+            lines.append(f"  … and {len(self.skipped) - max_listed} more")
+        return "\n".join(lines)
+
+
+class VOCDataset(_SampleDataset):
     """A map-style (torch) dataset over ROOT/ImageSets/Segmentation/SPLIT.txt.
 
     ``dataset[i]`` is a ``Sample``, or ``transform(sample)`` when a transform is given (e.g.
@@ -613,9 +651,8 @@ class VOCDataset:
     format = "voc"
 
     @property
-    def class_names(self) -> list[str]:
-        """Names of all label ids, background first: ``["background", *classes]``."""
-        return ["background", *self.classes]
+    def _source(self) -> Path:
+        return self.root
 
     def image_path(self, image_id: str) -> Path:
         return find_image(self.root, image_id)
@@ -648,9 +685,6 @@ class VOCDataset:
                     raise DataError(f"{gt}: mask is {gsize[0]}x{gsize[1]}, image is {w}x{h}")
         return ann
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def background_fraction(self, index: int) -> float:
         """Fraction of the image's pixels outside every box (from the XML and the image header;
         no decoding). Images at or below ``cls.bg_fallback`` give BAP no background queries."""
@@ -668,26 +702,5 @@ class VOCDataset:
             self.root, image_id, self.classes, with_gt=self.with_gt,
             annotation=self._annotations.get(image_id), max_side=self.max_side,
         )
-        if sample.reduced and self.notify is not None and image_id not in self._reported:
-            self._reported.add(image_id)
-            (h, w), (rh, rw) = sample.orig_hw, sample.image.shape[:2]
-            self.notify(f"{image_id}: {w}x{h} image processed at reduced size {rw}x{rh} "
-                        f"(data.max_side={self.max_side}); outputs are written at {w}x{h}")
+        self._note_reduced(sample)
         return sample
-
-    def __getitem__(self, index: int) -> Any:
-        sample = self.load(index)
-        return self.transform(sample) if self.transform is not None else sample
-
-    def summary(self, max_listed: int = 5) -> str:
-        """One line (plus one per listed problem) on what was read and what was skipped."""
-        head = (
-            f"{self.root} [{self.split}]: {len(self.ids)} images, {len(self.classes)} classes"
-        )
-        if not self.skipped:
-            return head
-        lines = [f"{head}; skipped {len(self.skipped)} of {len(self.all_ids)}:"]
-        lines += [f"  {reason}" for _, reason in self.skipped[:max_listed]]
-        if len(self.skipped) > max_listed:
-            lines.append(f"  … and {len(self.skipped) - max_listed} more")
-        return "\n".join(lines)
