@@ -4,6 +4,14 @@
     seg = Segmenter.from_run("runs/toy")            # RUN/seg/model.safetensors (hash-checked)
     mask = seg.predict("photo.jpg")                  # (H, W) uint8 class ids; seg.class_names[i]
 
+and the labeling counterpart, pseudo labels for boxes you give (the stage-1 classifier)::
+
+    from banacli.api import Labeler
+    lab = Labeler.from_run("runs/toy")               # RUN/cls/model.safetensors, loaded once
+    out = lab.label("photo.jpg", [[10, 20, 110, 90]], ["dog"])
+    out.ycrf, out.yret                               # (H, W) uint8 class ids, as gen-labels writes
+    out.masks["Ycrf"][0]                             # (H, W) bool: the first box's instance mask
+
 ``predict`` takes a path, a PIL image or an (H, W, 3) uint8 RGB array. By default it runs the
 same inference as ``bana predict`` without DenseCRF: multi-scale (eval.scales of the model's
 config) with flips; ``ms=False, flip=False`` gives one pass; ``crf=True`` adds DenseCRF.
@@ -13,12 +21,27 @@ config) with flips; ``ms=False, flip=False`` gives one pass; ``crf=True`` adds D
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Segmenter"]
+__all__ = ["Segmenter", "Labeler", "LabelResult"]
+
+
+def _rgb(image: Any) -> np.ndarray:
+    """A path, a PIL image or an (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB array."""
+    if isinstance(image, (str, os.PathLike)):
+        from banacli.data.voc import read_image
+
+        return read_image(image)
+    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {arr.shape} {arr.dtype}")
+    if not arr.flags.writeable or not arr.flags.c_contiguous:  # PIL's buffer is read-only; DenseCRF writes
+        arr = np.array(arr, order="C")
+    return arr
 
 
 class Segmenter:
@@ -46,14 +69,7 @@ class Segmenter:
         return list(self.meta["class_names"])
 
     def _image(self, image: Any) -> np.ndarray:
-        if isinstance(image, (str, os.PathLike)):
-            from banacli.data.voc import read_image
-
-            return read_image(image)
-        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {arr.shape} {arr.dtype}")
-        return arr
+        return _rgb(image)
 
     def probabilities(self, image: Any, *, ms: bool = True, flip: bool = True) -> np.ndarray:
         """(K, H, W) float32 class probabilities."""
@@ -78,3 +94,186 @@ class Segmenter:
             params = self.meta.get("config", {}).get("eval", {}).get("crf_params") or [4, 121, 5, 3, 3]
             return dense_crf(self._image(image), probs, CRFParams.from_list(params)).argmax(0).astype(np.uint8)
         return probs.argmax(0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- labeling
+
+
+@dataclass
+class LabelResult:
+    """What :meth:`Labeler.label` returns for one image and its boxes.
+
+    ``maps``: each label set of the labeler (``Ycrf``, ``Yret`` for bana) as an (H, W) uint8
+    class-id map at the image's size (0 background, i -> ``class_names[i]``, 255 void), the
+    same arrays gen-labels writes to ``RUN/labels/<set>/ID.png``. ``masks``: for each set, the
+    (K, H, W) bool instance masks of the K boxes (gen-labels' ``instances_<set>.json``: the
+    box's class inside the box, same-class overlaps to the smallest box). ``scores``: (K,)
+    IoU of each box's masks in the first and last set (1.0 with one set), the instance score
+    of gen-labels. ``boxes`` (K, 4) are the boxes as used (clipped to the image, x0, y0, x1, y1
+    0-based, exclusive end) and ``labels`` (K,) their class ids.
+    """
+
+    maps: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    scores: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    @property
+    def ycrf(self) -> np.ndarray:
+        return self.maps["Ycrf"]
+
+    @property
+    def yret(self) -> np.ndarray:
+        return self.maps["Yret"]
+
+
+class Labeler:
+    """A run's stage-1 classifier, loaded once, labelling one image at a time the way
+    ``bana gen-labels`` labels a training image: the same features
+    (:func:`banacli.labeling.compute_features`, thread-invariant on a CPU), the same labeler
+    (:mod:`banacli.labelers`, i.e. :func:`banacli.ops.pseudo.generate_pseudo_labels`), the same
+    ``data.max_side`` shrinking and nearest-neighbour resizing back, and the same instance rule
+    (:func:`banacli.ops.instances.box_instance_masks`).
+
+    ``params`` is the resolved ``labels`` section as gen-labels' manifest stores it. Safe to call
+    from several threads at once (the model is only read).
+    """
+
+    def __init__(self, model: Any, weight: np.ndarray | None, normalization: dict, meta: dict[str, Any],
+                 params: dict[str, Any], *, max_side: int | None, device: Any = "cpu",
+                 source: Path | None = None) -> None:
+        from banacli.labelers import get_labeler
+
+        self.model, self.weight, self.normalization, self.meta = model, weight, normalization, meta
+        self.params = dict(params)
+        self.max_side = max_side
+        self.device = device
+        self.source = source
+        self.labeler = get_labeler(self.params.get("method", "bana"))
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike, *, device: str = "cpu", params: dict[str, Any] | None = None,
+                 max_side: int | None | str = "auto") -> Labeler:
+        """Load RUN/cls/model.safetensors. The labeling parameters and ``data.max_side`` are those
+        of the run's last gen-labels (RUN/labels/bana.manifest.json) when it has one, else the
+        defaults; ``params`` overrides single keys (``{"bg_threshold": 0.9}``)."""
+        import json
+
+        run = Path(run)
+        manifest_path = run / "labels" / "bana.manifest.json"
+        manifest: dict[str, Any] = {}
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                manifest = {}
+        base = manifest.get("params") or default_label_params()
+        if max_side == "auto":
+            max_side = manifest["max_side"] if "max_side" in manifest else default_max_side()
+        return cls.from_file(run / "cls" / "model.safetensors", device=device, params={**base, **(params or {})},
+                             max_side=max_side)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, *, device: str = "cpu", params: dict[str, Any] | None = None,
+                  max_side: int | None | str = "auto") -> Labeler:
+        """Load a classifier file (a ``model.safetensors`` with its sidecar) with default (or the
+        given) labeling parameters."""
+        import torch
+
+        from banacli.labeling import load_feature_model
+
+        params = {**default_label_params(), **(params or {})}
+        if max_side == "auto":
+            max_side = default_max_side()
+        dev = torch.device(device)
+        model, weight, norm, meta = load_feature_model(Path(path), dev, None, bool(params["class_agnostic"]))
+        return cls(model, weight, norm, meta, params, max_side=max_side, device=dev, source=Path(path))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the class ids, background first."""
+        return list(self.meta["class_names"])
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The label sets this labeler writes (``("Ycrf", "Yret")`` for bana)."""
+        return tuple(self.labeler.outputs)
+
+    @property
+    def weights_sha256(self) -> str:
+        return str(self.meta.get("weights_sha256", ""))
+
+    def class_ids(self, names: Any) -> np.ndarray:
+        """(K,) int64 ids of class names (or ids 1..L passed through); DataError naming an
+        unknown class and the known ones."""
+        from banacli.errors import DataError
+
+        known = {n: i for i, n in enumerate(self.class_names) if i > 0}
+        out = []
+        for n in names:
+            if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
+                if not 1 <= int(n) < len(self.class_names):
+                    raise DataError(f"class id {int(n)} is not in 1..{len(self.class_names) - 1}")
+                out.append(int(n))
+            elif str(n) in known:
+                out.append(known[str(n)])
+            else:
+                raise DataError(f"unknown class {str(n)!r}; the run knows {', '.join(known)}")
+        return np.asarray(out, dtype=np.int64)
+
+    def label(self, image: Any, boxes: Any, class_names: Any) -> LabelResult:
+        """Pseudo labels for one image: ``boxes`` (K, 4) x0, y0, x1, y1 in pixels (0-based,
+        exclusive end, as gen-labels holds VOC boxes after its 1-based shift), ``class_names``
+        (K,) class names (or ids 1..L). The image is a path, a PIL image or an (H, W, 3) uint8
+        RGB array. Raises DataError for an unknown class or a box outside the image."""
+        import torch
+
+        from banacli.data.voc import Sample, clip_boxes, resize_label, shrink_sample
+        from banacli.labelers import LabelTask
+        from banacli.labeling import compute_features
+        from banacli.ops.instances import box_instance_masks
+        from banacli.pseudo_instances import mask_iou
+
+        arr = _rgb(image)
+        h, w = arr.shape[:2]
+        labels = self.class_ids(list(class_names))
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if len(b) != len(labels):
+            from banacli.errors import DataError
+
+            raise DataError(f"{len(b)} boxes but {len(labels)} class names")
+        full_boxes = clip_boxes(b, w, h, "boxes") if len(b) else b
+        # as banacli.data.voc.load_sample + shrink_sample make the sample gen-labels labels
+        sample = shrink_sample(Sample(id="image", image=arr, boxes=full_boxes, labels=labels, orig_hw=(h, w)),
+                               self.max_side)
+        task = LabelTask(image_id=sample.id, image=sample.image, boxes=sample.boxes, labels=sample.labels,
+                         params=self.params, ignore=sample.ignore)
+        if self.labeler.needs_classifier:  # as banacli.labeling.label_image does in a worker
+            task.feats = compute_features(self.model, self.normalization, [sample.image],
+                                          torch.device(self.device))[0]
+            task.weight = self.weight
+        result = self.labeler.label(task)
+        # as banacli.labeling.write_outputs (the PNG) and banacli.pseudo_instances (the instances)
+        maps = {n: resize_label(result[n], sample.orig_hw) for n in self.labeler.outputs}
+        masks = {n: box_instance_masks(m, full_boxes, labels) for n, m in maps.items()}
+        names = list(maps)
+        scores = (mask_iou(masks[names[0]], masks[names[-1]]) if len(names) >= 2 and len(labels)
+                  else np.ones(len(labels)))
+        return LabelResult(maps=maps, masks=masks, scores=np.asarray(scores, dtype=np.float64),
+                           boxes=full_boxes, labels=labels, class_names=self.class_names)
+
+
+def default_label_params() -> dict[str, Any]:
+    """The ``labels`` parameters gen-labels would use with no config (its manifest's ``params``)."""
+    from banacli.config import root_model
+    from banacli.labeling import label_params
+
+    return label_params(root_model()())
+
+
+def default_max_side() -> int | None:
+    from banacli.config import DataConfig
+
+    return DataConfig().max_side
