@@ -1,0 +1,1 @@
+"""bana serve: a Label Studio ML backend (see banacli/serve/app.py)."""
