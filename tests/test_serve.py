@@ -269,3 +269,23 @@ def test_bana_serve_command_loads_once_and_serves(tmp_path):
         out = proc.communicate(timeout=20)[0].decode()
     assert "loaded in" in out and f"listening on http://127.0.0.1:{port}" in out
     assert proc.returncode in (0, 130)
+
+
+def test_percent_boxes_come_back_to_the_same_pixels():
+    """Integer pixel boxes written as Label Studio percent (by banacli.interop) and read back:
+    every edge lands on the same integer, although percent arithmetic misses it by 1e-15."""
+    from banacli.interop.labelstudio import rectangle_result
+    from banacli.ops.pseudo import box_extents
+    from banacli.serve.tasks import rectangle_to_pixels
+
+    missed = 0
+    for w, h in ((96, 96), (500, 375), (333, 97)):
+        for x0 in range(0, w - 1, 7):
+            box = (x0, x0 % h, min(w, x0 + 13), min(h, x0 % h + 29))
+            value = rectangle_result(box, "cat", w, h, from_name="box", to_name="image")["value"]
+            naive = value["x"] * w / 100
+            missed += naive != x0
+            back = rectangle_to_pixels(value, w, h)
+            assert back == tuple(float(v) for v in box)
+            assert (box_extents([back], h, w)[0] == np.asarray(box)).all()
+    assert missed > 0  # the case the snapping is for does occur

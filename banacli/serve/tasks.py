@@ -16,6 +16,11 @@ a rectangle in percent of the image, ``x, y, width, height`` from the top-left c
 bana's box convention (0-based, exclusive end; a box covers every pixel it touches,
 :mod:`banacli.ops.pseudo`). A rotated rectangle is replaced by the axis-aligned box around
 its four corners.
+
+Percent values do not survive the round trip exactly: a box edge at column 13 of a 96 px
+image is stored as 100 * 13 / 96 = 13.5416...% and comes back as 12.999999999999998, which a
+box covering "every pixel it touches" would widen by a whole column. A coordinate within
+:data:`SNAP` pixels of an integer is therefore taken as that integer.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TaskBox", "task_boxes", "rectangle_to_pixels"]
+__all__ = ["TaskBox", "task_boxes", "rectangle_to_pixels", "SNAP"]
+
+SNAP = 1e-6  # pixels: far below any drawn edge, far above float64 rounding of percent values
+
+
+def _snap(v: float) -> float:
+    r = round(v)
+    return float(r) if abs(v - r) <= SNAP else v
 
 
 @dataclass(frozen=True)
@@ -40,11 +52,11 @@ def rectangle_to_pixels(value: dict[str, Any], width: int, height: int) -> tuple
     w, h = float(value["width"]) * width / 100.0, float(value["height"]) * height / 100.0
     rot = float(value.get("rotation") or 0.0)
     if rot % 360 == 0:
-        return x, y, x + w, y + h
+        return _snap(x), _snap(y), _snap(x + w), _snap(y + h)
     c, s = math.cos(math.radians(rot)), math.sin(math.radians(rot))
     xs = [x + dx * c - dy * s for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
     ys = [y + dx * s + dy * c for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-    return min(xs), min(ys), max(xs), max(ys)
+    return _snap(min(xs)), _snap(min(ys)), _snap(max(xs)), _snap(max(ys))
 
 
 def _rectangles(results: Any, to_name: str) -> list[dict]:
