@@ -46,6 +46,8 @@ class ServeConfig(Section):
     train: bool = Field(False, description="Retrain the classifier on Label Studio's START_TRAINING webhook and "
                         "switch to it when done.")
     train_iterations: int = Field(500, gt=0, description="train-cls iterations of a retraining (--train).")
+    train_set: list[str] = Field([], description="Extra section.key=value items for the retraining's train-cls "
+                                 "(e.g. cls.crop_size=96).")
 
 
 def build_backend(ctx: StageContext):
@@ -62,8 +64,8 @@ def build_backend(ctx: StageContext):
     if cfg.train:
         from banacli.serve.training import Trainer
 
-        backend.trainer = Trainer(run_dir=ctx.run_dir, slot=backend.slot, iterations=cfg.train_iterations,
-                                  device=ctx.device)
+        backend.trainer = Trainer(run_dir=Path(ctx.run_dir), slot=backend.slot, images=images,
+                                  iterations=cfg.train_iterations, extra_sets=list(cfg.train_set), device=ctx.device)
     return backend
 
 
