@@ -248,14 +248,17 @@ class Backend:
         problems += bad
         used: list[TaskBox] = []
         names: list[str] = []
+        unknown: dict[str, list[str]] = {}
         for b in boxes:
             name = self._class_name(b.label, labeler)
             if name is None:
-                problems.append(f"rectangle {b.id}: unknown label {b.label!r}; the run knows "
-                                f"{', '.join(labeler.class_names[1:])}")
+                unknown.setdefault(b.label, []).append(b.id)
                 continue
             used.append(b)
             names.append(name)
+        for label, ids in unknown.items():
+            problems.append(f"unknown label {label!r} (rectangle{'s' if len(ids) > 1 else ''} {', '.join(ids)}); "
+                            f"the run knows {', '.join(labeler.class_names[1:])}")
         if not used:
             return [], []
         out = labeler.label(image, np.array([b.box for b in used], dtype=np.float32), names)
