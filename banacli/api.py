@@ -139,11 +139,18 @@ class Labeler:
 
     ``params`` is the resolved ``labels`` section as gen-labels' manifest stores it. Safe to call
     from several threads at once (the model is only read).
+
+    ``feature_cache`` N > 0 keeps the classifier features of the last N images (keyed by their
+    pixels): labelling another box on an image seen recently skips the backbone, the costly part
+    (features do not depend on the boxes, so the labels are the same bit for bit).
     """
 
     def __init__(self, model: Any, weight: np.ndarray | None, normalization: dict, meta: dict[str, Any],
                  params: dict[str, Any], *, max_side: int | None, device: Any = "cpu",
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, feature_cache: int = 0) -> None:
+        import threading
+        from collections import OrderedDict
+
         from banacli.labelers import get_labeler
 
         self.model, self.weight, self.normalization, self.meta = model, weight, normalization, meta
@@ -152,10 +159,14 @@ class Labeler:
         self.device = device
         self.source = source
         self.labeler = get_labeler(self.params.get("method", "bana"))
+        self.feature_cache = int(feature_cache)
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.cache_hits = 0
 
     @classmethod
     def from_run(cls, run: str | os.PathLike, *, device: str = "cpu", params: dict[str, Any] | None = None,
-                 max_side: int | None | str = "auto") -> Labeler:
+                 max_side: int | None | str = "auto", feature_cache: int = 0) -> Labeler:
         """Load RUN/cls/model.safetensors. The labeling parameters and ``data.max_side`` are those
         of the run's last gen-labels (RUN/labels/bana.manifest.json) when it has one, else the
         defaults; ``params`` overrides single keys (``{"bg_threshold": 0.9}``)."""
@@ -173,11 +184,11 @@ class Labeler:
         if max_side == "auto":
             max_side = manifest["max_side"] if "max_side" in manifest else default_max_side()
         return cls.from_file(run / "cls" / "model.safetensors", device=device, params={**base, **(params or {})},
-                             max_side=max_side)
+                             max_side=max_side, feature_cache=feature_cache)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, device: str = "cpu", params: dict[str, Any] | None = None,
-                  max_side: int | None | str = "auto") -> Labeler:
+                  max_side: int | None | str = "auto", feature_cache: int = 0) -> Labeler:
         """Load a classifier file (a ``model.safetensors`` with its sidecar) with default (or the
         given) labeling parameters."""
         import torch
@@ -189,7 +200,8 @@ class Labeler:
             max_side = default_max_side()
         dev = torch.device(device)
         model, weight, norm, meta = load_feature_model(Path(path), dev, None, bool(params["class_agnostic"]))
-        return cls(model, weight, norm, meta, params, max_side=max_side, device=dev, source=Path(path))
+        return cls(model, weight, norm, meta, params, max_side=max_side, device=dev, source=Path(path),
+                   feature_cache=feature_cache)
 
     @property
     def class_names(self) -> list[str]:
@@ -251,8 +263,12 @@ class Labeler:
         task = LabelTask(image_id=sample.id, image=sample.image, boxes=sample.boxes, labels=sample.labels,
                          params=self.params, ignore=sample.ignore)
         if self.labeler.needs_classifier:  # as banacli.labeling.label_image does in a worker
-            task.feats = compute_features(self.model, self.normalization, [sample.image],
-                                          torch.device(self.device))[0]
+            key = self._image_key(sample.image) if self.feature_cache > 0 else None
+            feats = self._cached(key)
+            if feats is None:
+                feats = compute_features(self.model, self.normalization, [sample.image], torch.device(self.device))[0]
+                self._remember(key, feats)
+            task.feats = feats
             task.weight = self.weight
         result = self.labeler.label(task)
         # as banacli.labeling.write_outputs (the PNG) and banacli.pseudo_instances (the instances)
@@ -263,6 +279,37 @@ class Labeler:
                   else np.ones(len(labels)))
         return LabelResult(maps=maps, masks=masks, scores=np.asarray(scores, dtype=np.float64),
                            boxes=full_boxes, labels=labels, class_names=self.class_names)
+
+
+    # -- the feature cache ------------------------------------------------------------------
+
+    @staticmethod
+    def _image_key(image: np.ndarray) -> bytes:
+        import hashlib
+
+        h = hashlib.blake2b(repr(image.shape).encode(), digest_size=20)
+        h.update(np.ascontiguousarray(image).data)
+        return h.digest()
+
+    def _cached(self, key: bytes | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        with self._cache_lock:
+            feats = self._cache.get(key)
+            if feats is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+            return feats
+
+    def _remember(self, key: bytes | None, feats: np.ndarray) -> None:
+        if key is None:
+            return
+        feats.setflags(write=False)  # shared between requests: nobody may change it
+        with self._cache_lock:
+            self._cache[key] = feats
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.feature_cache:
+                self._cache.popitem(last=False)
 
 
 def default_label_params() -> dict[str, Any]:

@@ -6,10 +6,13 @@
 For each case a run with a randomly initialised classifier (vgg16: the paper's backbone,
 random weights give the same cost as trained ones) is served by a real ``bana serve``
 subprocess on 127.0.0.1 (``--workers``, ``--threads`` intra-op threads); requests are the
-recorded Label Studio request shape with one rectangle on a blocky synthetic picture. Reported
-per case and client count: latency p50 / p95 per request (client side, HTTP included),
-requests per second, the model load time the server prints, and the server's peak RSS
-(VmHWM). The first request of each case is a warm-up and not counted.
+recorded Label Studio request shape with one rectangle on a blocky synthetic picture. Two
+kinds of request: ``new image`` (every request another image, so the server's feature cache
+never helps: the cost of a first box) and ``same image`` (one image, another box each time: a
+user drawing box after box, the backbone skipped after the first). Reported per case, kind and
+client count: latency p50 / p95 per request (client side, HTTP included), requests per second,
+the model load time the server prints, and the server's peak RSS (VmHWM). The first request of
+each case is a warm-up and not counted.
 """
 
 from __future__ import annotations
@@ -52,12 +55,12 @@ def blocky_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.kron(small, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w].copy()
 
 
-def request_body(rel: str, h: int, w: int) -> dict:
+def request_body(rel: str, h: int, w: int, shift: int = 0) -> dict:
     label_config = ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
                     '<Label value="cat"/><Label value="dog"/></RectangleLabels><BrushLabels name="mask" '
                     'toName="image"><Label value="cat"/><Label value="dog"/></BrushLabels></View>')
     rect = {"id": "b0", "type": "rectanglelabels", "from_name": "box", "to_name": "image", "original_width": w,
-            "original_height": h, "value": {"x": 30, "y": 25, "width": 40, "height": 45, "rotation": 0,
+            "original_height": h, "value": {"x": 30 - shift % 20, "y": 25, "width": 40, "height": 45, "rotation": 0,
                                             "rectanglelabels": ["cat"]}}
     return {"tasks": [{"id": 1, "data": {"image": f"/data/local-files/?d={rel}"}}], "label_config": label_config,
             "project": "1.1", "params": {"context": {"result": [rect]}}}
@@ -89,7 +92,9 @@ def bench_case(name: str, work: Path, clients_list: list[int], requests: int, wo
     make_run(run, backbone)
     images = work / name / "images"
     images.mkdir(parents=True)
-    Image.fromarray(blocky_image(h, w)).save(images / "img.png")
+    n_images = max(requests, 16)  # more than the feature cache holds: "new image" always misses
+    for i in range(n_images):
+        Image.fromarray(blocky_image(h, w, seed=i)).save(images / f"img{i}.png")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([str(BIN / "bana"), "serve", "--run", str(run), "--port", str(port), "--images-root",
@@ -98,7 +103,9 @@ def bench_case(name: str, work: Path, clients_list: list[int], requests: int, wo
     url = f"http://127.0.0.1:{port}"
     first = proc.stdout.readline()
     load = re.search(r"loaded in ([0-9.]+) s", first)
-    body = json.dumps(request_body("img.png", h, w)).encode()
+    bodies = {"new image": [json.dumps(request_body(f"img{i}.png", h, w)).encode() for i in range(n_images)],
+              "same image": [json.dumps(request_body("img0.png", h, w, shift=i)).encode() for i in range(n_images)]}
+    body = bodies["new image"][0]
     rows = []
     try:
         deadline = time.monotonic() + 120
@@ -110,15 +117,18 @@ def bench_case(name: str, work: Path, clients_list: list[int], requests: int, wo
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"bana serve did not come up: {first}{proc.stdout.read() if proc.poll() else ''}")
                 time.sleep(0.3)
-        for clients in clients_list:
+        for kind, clients in [(k, c) for k in bodies for c in clients_list]:
             lat: list[float] = []
             lock = threading.Lock()
             per_client = max(1, requests // clients)
+            counter = iter(range(10**9))
 
             def client() -> None:
                 for _ in range(per_client):
+                    with lock:
+                        n = next(counter)
                     t = time.perf_counter()
-                    post(f"{url}/predict", body)
+                    post(f"{url}/predict", bodies[kind][(n + 1) % n_images])
                     with lock:
                         lat.append(time.perf_counter() - t)
 
@@ -130,7 +140,7 @@ def bench_case(name: str, work: Path, clients_list: list[int], requests: int, wo
                 t.join()
             wall = time.perf_counter() - t0
             arr = np.array(lat)
-            rows.append({"case": name, "backbone": backbone, "size": f"{w}x{h}", "clients": clients,
+            rows.append({"case": name, "backbone": backbone, "size": f"{w}x{h}", "kind": kind, "clients": clients,
                          "requests": len(lat), "p50_s": round(float(np.percentile(arr, 50)), 3),
                          "p95_s": round(float(np.percentile(arr, 95)), 3), "req_per_s": round(len(lat) / wall, 2),
                          "load_s": float(load.group(1)) if load else None, "peak_rss_mb": None,
@@ -161,10 +171,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bana-bench-serve-") as tmp:
         for name in args.cases:
             rows += bench_case(name, Path(tmp), args.clients, args.requests, args.workers, args.threads)
-    print("\n| case | clients | requests | p50 s | p95 s | req/s | model load s | peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| case | requests | clients | n | p50 s | p95 s | req/s | model load s | peak RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['backbone']} {r['size']} | {r['clients']} | {r['requests']} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | "
+        print(f"| {r['backbone']} {r['size']} | {r['kind']} | {r['clients']} | {r['requests']} | {r['p50_s']:.2f} | "
+              f"{r['p95_s']:.2f} | "
               f"{r['req_per_s']:.2f} | {r['load_s']} | {r['peak_rss_mb']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

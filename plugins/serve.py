@@ -41,6 +41,8 @@ class ServeConfig(Section):
     workers: int = Field(1, ge=1, description="Predictions computed at once (threads); more requests wait.")
     max_inflight: int = Field(64, ge=1, description="Predict requests accepted at once (computing or waiting); "
                               "one more is answered 503.")
+    feature_cache: int = Field(8, ge=0, description="Keep the classifier features of this many recent images: "
+                               "another box on one of them skips the backbone (same masks); 0 = off.")
     max_pixels: int = Field(40_000_000, ge=1, description="Refuse images with more pixels (read from the header).")
     max_body_mb: float = Field(20.0, gt=0, description="Refuse request bodies larger than this (MiB).")
     train: bool = Field(False, description="Retrain the classifier on Label Studio's START_TRAINING webhook and "
@@ -57,7 +59,7 @@ def build_backend(ctx: StageContext):
     from banacli.serve.images import Connection, ImageSource
 
     cfg: ServeConfig = ctx.section
-    labeler = Labeler.from_run(ctx.run_dir, device=str(ctx.torch_device()))
+    labeler = Labeler.from_run(ctx.run_dir, device=str(ctx.torch_device()), feature_cache=cfg.feature_cache)
     images = ImageSource(root=Path(cfg.images_root) if cfg.images_root else None, max_pixels=cfg.max_pixels)
     backend = Backend(slot=ModelSlot(labeler), images=images, label_set=cfg.label_set, output=cfg.output,
                       default_connection=Connection(cfg.ls_url, cfg.ls_token))

@@ -114,3 +114,23 @@ def test_bad_inputs_are_one_line_errors(tmp_path, cls_run):  # noqa: F811
         lab.label(image, [[0, 0, 10, 10], [5, 5, 9, 9]], [lab.class_names[1]])
     out = lab.label(image, np.zeros((0, 4)), [])
     assert not out.ycrf.any() and out.masks["Ycrf"].shape == (0, 40, 50)
+
+
+def test_feature_cache_skips_the_backbone_and_changes_nothing(tmp_path, cls_run, monkeypatch):  # noqa: F811
+    import banacli.labeling
+
+    calls = []
+    real = banacli.labeling.compute_features
+    monkeypatch.setattr(banacli.labeling, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = Labeler.from_run(cls_run)
+    cached = Labeler.from_run(cls_run, feature_cache=1)
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(2))
+    name = plain.class_names[1]
+    boxes = [[[2, 3, 30, 20]], [[10, 12, 50, 38]], [[0, 0, 20, 40]]]
+    for box in boxes:  # three boxes on image a, one after another (as a user draws them)
+        np.testing.assert_array_equal(cached.label(a, box, [name]).ycrf, plain.label(a, box, [name]).ycrf)
+    assert cached.cache_hits == 2 and len(calls) == 3 + 1  # plain: 3 backbone passes, cached: 1
+    cached.label(b, boxes[0], [name])  # another image evicts a (cache of one)
+    cached.label(a, boxes[0], [name])
+    assert cached.cache_hits == 2 and len(calls) == 3 + 3

@@ -114,7 +114,8 @@ class Backend:
     def health(self) -> dict[str, Any]:
         labeler, version = self.slot.get()
         out = {"status": "UP", "model_class": "bana", "model_version": version,
-               "label_set": self.label_set, "classes": labeler.class_names[1:]}
+               "label_set": self.label_set, "classes": labeler.class_names[1:],
+               "feature_cache_hits": getattr(labeler, "cache_hits", 0)}
         if self.trainer is not None:
             out["training"] = self.trainer.status()
         return out

@@ -185,7 +185,8 @@ class Trainer:
             from banacli.api import Labeler
 
             new = Labeler.from_file(out / "cls" / "model.safetensors", device=str(labeler.device),
-                                    params=labeler.params, max_side=labeler.max_side)
+                                    params=labeler.params, max_side=labeler.max_side,
+                                    feature_cache=labeler.feature_cache)
             if new.class_names != labeler.class_names:
                 raise DataError("the retrained classifier has other classes; not swapped")
             version = self.slot.swap(new)
