@@ -30,6 +30,9 @@ What it does, all on 127.0.0.1 (nothing else is contacted once Label Studio is i
    compared, /health polled (1 s timeout, as Label Studio does), the backend's RSS sampled; it
    passes when no answer is wrong or missing, no health check fails, and the RSS of the second
    half exceeds that of the first by at most ``--rss-growth-mb``.
+9. After the load check, "Start training" (``POST /api/ml/ID/train``): Label Studio posts START_TRAINING to the
+   backend's /webhook, ``bana serve --train`` exports the project's boxes through Label Studio's
+   API, runs train-cls, swaps the model; predictions asked again are the new model's masks.
 
 Exit status 0 only when every check passed; a summary (and ``--json FILE``) lists them.
 """
@@ -349,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         t0 = time.perf_counter()
         procs.append(subprocess.Popen([str(BIN / "bana"), "serve", "--run", str(run), "--port", str(port_a),
-                                       "--images-root", str(data)], stdout=serve_log, stderr=subprocess.STDOUT, env=env))
+                                       "--images-root", str(data), "--train", "--train-iterations", "10",
+                                       "--set", f"serve.train_set=[cls.crop_size={min(args.size, 96)},cls.batch_size=4]"],
+                                      stdout=serve_log, stderr=subprocess.STDOUT, env=env))
         serve_a = procs[-1]
         procs.append(subprocess.Popen([str(BIN / "bana"), "serve", "--run", str(run), "--port", str(port_b)],
                                       stdout=serve_log, stderr=subprocess.STDOUT, env=env))
@@ -531,6 +536,42 @@ def main(argv: list[str] | None = None) -> int:
         first, second = max(r for _, r in rss[:half]), max(r for _, r in rss[half:])
         checks(f"load: memory flat (RSS growth <= {args.rss_growth_mb:g} MB)", second - first <= args.rss_growth_mb,
                f"max RSS {first:.0f} MB in the first half, {second:.0f} MB in the second ({len(rss)} samples)")
+        # ---- "Start training" in Label Studio: START_TRAINING webhook, retrain, swap, predict again
+        ml_a = projects["BrushLabels"]["ml"]
+        pid = projects["BrushLabels"]["id"]
+        old_version = http("GET", f"{url_a}/health")[1]["model_version"]
+        t0 = time.perf_counter()
+        status, _ = http("POST", f"{ls}/api/ml/{ml_a}/train", {}, token=token)
+        state: dict = {}
+        while time.perf_counter() - t0 < 300:
+            state = http("GET", f"{url_a}/health")[1].get("training", {})
+            if state.get("state") in ("done", "failed"):
+                break
+            time.sleep(1)
+        timings["retrain"] = time.perf_counter() - t0
+        checks("Start training -> webhook -> train-cls on the exported boxes -> model swapped",
+               status == 200 and state.get("state") == "done" and state.get("model_version") != old_version
+               and state.get("images") == len(own), f"HTTP {status}, {state}")
+        if state.get("state") == "done":
+            new = Labeler.from_file(run / "serve" / state["job"] / "cls" / "model.safetensors",
+                                    params=labeler.params, max_side=labeler.max_side)
+            retrained = {}
+            for image_id, o in own.items():
+                out = new.label(data / "JPEGImages" / f"{image_id}.jpg", o["boxes"], o["names"])
+                retrained[image_id] = {**o, "masks": out.masks["Ycrf"]}
+            http("POST", f"{ls}/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+                 {"selectedItems": {"all": True, "excluded": []}}, token=token, timeout=600)
+            bad, versions = {}, set()
+            for image_id, tid in projects["BrushLabels"]["tasks"].items():
+                preds = http("GET", f"{ls}/api/predictions?task={tid}", token=token)[1]
+                newest = [p for p in preds if p.get("model_version") == state["model_version"]]
+                versions |= {p.get("model_version") for p in preds}
+                why = compare_regions(newest[0]["result"], retrained[image_id], "brush") if len(newest) == 1 \
+                    else f"{len(newest)} predictions of the new model"
+                if why:
+                    bad[image_id] = why
+            checks("after retraining Label Studio stores the new model's masks (new model_version)",
+                   not bad and old_version in versions, "; ".join(f"{i}: {w}" for i, w in bad.items()))
         summary["load"] = {"clients": args.clients, "seconds": args.load_seconds, "requests": stats["ok"] + stats["wrong"]
                            + stats["errors"], "p50_s": float(np.percentile(lat, 50)),
                            "p95_s": float(np.percentile(lat, 95)), "rss_first_half_mb": first,
