@@ -210,7 +210,7 @@ class ExportReport:
 
     def lines(self, max_listed: int = 5) -> list[str]:
         where = self.main_file or self.out
-        out = [f"export-labels: wrote {self.format} to {where} ({len(self.files)} file{"s" if len(self.files) != 1 else ""}): {self.images} images, "
+        out = [f"export-labels: wrote {self.format} to {where} ({len(self.files)} file{'s' if len(self.files) != 1 else ''}): {self.images} images, "
                f"{self.boxes} boxes, {self.masks} masks from {self.method} {self.label_set} (split {self.split})"]
         if self.empty:
             what = {"box": "written as their box", "empty": "written as empty masks",
