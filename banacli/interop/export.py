@@ -10,7 +10,9 @@ the first two agree and 255 (void) where they differ (the paper's reliable regio
 
 A box whose mask came out empty is never dropped silently. ``fallback`` says what it gets:
 
-* ``box``: its box rectangle (the pixels it covers) as the mask;
+* ``box``: its box as the mask: the pixels inside the box that the label set calls background
+  and no smaller empty box took (so it never takes another object's or void pixels, and
+  SegmentationClass / SegmentationObject stay consistent); with no such pixel it stays empty;
 * ``empty``: an empty mask (COCO: area 0 and an all-zero RLE; elsewhere no region);
 * ``skip``: no mask (COCO: the annotation is left as it was in the input file; a COCO file
   built from VOC leaves it out; VOC / YOLO / Label Studio: no region for it).
@@ -19,7 +21,8 @@ Each case is counted and listed in the report the command prints.
 
 Formats (OUT defaults to RUN/export_labels/FORMAT):
 
-* ``coco``: OUT/annotations/instances_SPLIT.json. For COCO data the user's own file with every
+* ``coco``: OUT/annotations/instances_SPLIT.json (with ``copy_images`` the images in
+  OUT/images/SPLIT/, where datumaro and mmdet look). For COCO data the user's own file with every
   image, category, annotation id and extra field kept, each non-crowd annotation of a labelled
   image given ``segmentation`` (compressed RLE, or polygons with ``polygons``) and ``area`` (the
   pixel count of that segmentation). For VOC data a complete instances file built from the XMLs:
@@ -27,7 +30,8 @@ Formats (OUT defaults to RUN/export_labels/FORMAT):
 * ``voc``: OUT/SegmentationClass/ID.png (the label set; 255 where it says void) and
   OUT/SegmentationObject/ID.png (instance k = the k-th box, in annotation order; 255 on void
   and on class pixels no box owns), both with the VOC palette; OUT/ImageSets/Segmentation/SPLIT.txt
-  and OUT/labelmap.txt (class names and colours, as datumaro reads them).
+  and OUT/labelmap.txt (class names and colours, as datumaro reads them; void is the last line,
+  ``ignored``, as in datumaro's own VOC label map).
 * ``yolo``: OUT/labels/SPLIT/ID.txt, one line ``class x1 y1 x2 y2 ...`` per outer contour of each
   mask (class 0..L-1, coordinates divided by width / height), and OUT/data.yaml with the names.
 * ``labelstudio``: OUT/tasks.json, one task per image, ``data.image`` from ``image_url``, one
@@ -55,6 +59,7 @@ FORMATS = ("coco", "voc", "yolo", "labelstudio")
 FALLBACKS = ("box", "empty", "skip")
 AGREEMENT = "agreement"
 MAX_VOC_INSTANCES = 254  # SegmentationObject values 1..254; 255 is void
+VOID_NAME = "ignored"  # void's name in datumaro's VOC label map
 
 __all__ = [
     "AGREEMENT", "FALLBACKS", "FORMATS", "ExportReport", "ImageLabels", "LabelSet", "export_labels",
@@ -161,11 +166,18 @@ def image_labels(ds, labels: LabelSet, index: int, fallback: str) -> ImageLabels
     boxes, labs = ds.box_labels(index, h, w)
     masks = box_instance_masks(label, boxes, labs) if len(labs) else np.zeros((0, h, w), bool)
     status = ["mask"] * len(labs)
-    for k in np.flatnonzero(~masks.reshape(len(labs), -1).any(1)):
+    empty = np.flatnonzero(~masks.reshape(len(labs), -1).any(1))
+    ranges = box_pixel_ranges(boxes, h, w)
+    area = (ranges[:, 2] - ranges[:, 0]) * (ranges[:, 3] - ranges[:, 1])
+    claimed = np.zeros((h, w), bool)
+    for k in empty[np.argsort(area[empty], kind="stable")]:  # smaller boxes first, as gen-labels' rule
         status[k] = fallback
-        if fallback == "box":
-            c0, r0, c1, r1 = box_pixel_ranges(boxes[k : k + 1], h, w)[0]
-            masks[k, r0:r1, c0:c1] = True
+        if fallback == "box":  # the box's pixels the label set calls background, not yet claimed
+            c0, r0, c1, r1 = ranges[k]
+            masks[k, r0:r1, c0:c1] = (label[r0:r1, c0:c1] == 0) & ~claimed[r0:r1, c0:c1]
+            claimed |= masks[k]
+            if not masks[k].any():  # nothing in the box is background: no pixel to give it
+                status[k] = "empty"
     return ImageLabels(sid, index, h, w, boxes, labs, label, masks, status)
 
 
@@ -296,12 +308,15 @@ def _segmentation(mask: np.ndarray, status: str, polygons: bool) -> tuple[Any, i
 
 def _export_coco(ds, labels, cfg: "ExportOptions", w: _Writer, progress) -> None:
     out = w.out / "annotations" / f"instances_{ds.split}.json"
-    w.check([out])
+    images = {sid: ds.image_path(sid) for sid in ds.ids} if cfg.copy_images else {}
+    w.check([out, *(w.out / "images" / ds.split / p.name for p in images.values())])
     w.report.main_file = out
     if getattr(ds, "format", "voc") == "coco":
         doc = _coco_from_users_file(ds, labels, cfg, w, progress)
     else:
         doc = _coco_from_voc(ds, labels, cfg, w, progress)
+    for src in images.values():
+        w.copy(src, w.out / "images" / ds.split / src.name)
     w.json(out, doc)
 
 
@@ -365,35 +380,36 @@ def _coco_from_voc(ds, labels, cfg, w: _Writer, progress) -> dict:
 
 
 def _voc_labelmap(class_names: Sequence[str]) -> str:
-    from banacli.data.palette import PALETTE
+    """datumaro's labelmap.txt: every class with its palette colour, and void (255) last under the
+    name datumaro's own VOC label map gives it (it reads a colour it does not know as an error)."""
+    from banacli.data.palette import PALETTE, VOID
 
     lines = ["# label:color_rgb:parts:actions"]
-    for i, name in enumerate(class_names):
+    for i, name in [*enumerate(class_names), (VOID, VOID_NAME)]:
         r, g, b = (int(v) for v in PALETTE[i])
         lines.append(f"{name}:{r},{g},{b}::")
     return "\n".join(lines) + "\n"
 
 
 def voc_object_map(img: ImageLabels) -> np.ndarray:
-    """(H, W) uint8 SegmentationObject: k+1 on box k's mask (fallback rectangles under real
-    masks), 255 on void and on class pixels no box owns, 0 elsewhere."""
+    """(H, W) uint8 SegmentationObject: k+1 on box k's mask, 255 on void and on class pixels no
+    box owns, 0 elsewhere."""
     from banacli.data.palette import VOID
 
     obj = np.zeros((img.height, img.width), np.uint8)
     obj[img.label_map != 0] = VOID
-    order = [k for k, s in enumerate(img.status) if s == "box"] + [k for k, s in enumerate(img.status) if s == "mask"]
-    for k in order:
-        if k < MAX_VOC_INSTANCES:
-            obj[img.masks[k]] = k + 1
+    for k in range(min(len(img.status), MAX_VOC_INSTANCES)):
+        if img.status[k] in ("mask", "box"):
+            obj[img.masks[k]] = k + 1  # the masks are disjoint
     return obj
 
 
 def voc_class_map(img: ImageLabels) -> np.ndarray:
-    """(H, W) uint8 SegmentationClass: the label set, plus box-fallback rectangles on its background."""
+    """(H, W) uint8 SegmentationClass: the label set, plus the box-fallback masks (on its background)."""
     cls = img.label_map.copy()
     for k, s in enumerate(img.status):
         if s == "box":
-            cls[img.masks[k] & (img.label_map == 0)] = img.labels[k]
+            cls[img.masks[k]] = img.labels[k]
     return cls
 
 
