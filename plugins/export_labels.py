@@ -55,10 +55,18 @@ def run(ctx: StageContext) -> None:
                             "settings) than --data gives now; export with the data gen-labels labelled")
     out = cfg.out or ctx.stage_dir / cfg.format
     options = ExportOptions(**{k: getattr(cfg, k) for k in ExportOptions.__dataclass_fields__})
-    with ctx.progress() as prog:
-        task = prog.add_task("export-labels", total=len(ds), status="")
+    prog = ctx.progress()
+    task = prog.add_task("export-labels", total=len(ds), status="")
+
+    def advance(image_id: str) -> None:  # the bar appears with the first image, after the checks
+        prog.start()
+        prog.update(task, advance=1, status=image_id)
+
+    try:
         report = export_labels(ds, labels, out, options, skipped=read_skipped(ctx.run_dir / "labels", cfg.method),
-                               progress=lambda image_id: prog.update(task, advance=1, status=image_id))
+                               progress=advance)
+    finally:
+        prog.stop()
     atomic_write_json(ctx.stage_dir / f"{cfg.format}.report.json", report.as_dict())
     for line in report.lines():
         ctx.info(line)

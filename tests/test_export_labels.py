@@ -323,6 +323,7 @@ def test_errors_are_one_line_and_nothing_is_clobbered(app, voc, tmp_path):
     missing.unlink()
     res = bana(app, "export-labels", "--data", data, "--run", run, "--out", tmp_path / "o2", "--format", "voc")
     assert res.exit_code == 1 and f"{missing}: label file not found" in res.output
+    assert not (tmp_path / "o2").exists()  # checked before anything is written
     assert "Traceback" not in res.output
 
     res = bana(app, "export-labels", "--data", data, "--run", run, "--labels", "nope", "--out", tmp_path / "o3")

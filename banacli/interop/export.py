@@ -516,7 +516,7 @@ def _export_labelstudio(ds, labels, cfg, w: _Writer, progress) -> None:
     tasks_path, config_path = w.out / "tasks.json", w.out / "label_config.xml"
     w.check([tasks_path, config_path])
     w.report.main_file = tasks_path
-    version = f"bana-{labels.method}-{labels.name}"
+    version = f"bana-{labels.name}" if labels.method == "bana" else f"bana-{labels.method}-{labels.name}"
     tasks = []
     for img in _images(ds, labels, cfg.fallback, progress):
         tasks.append(labelstudio_task(ds, img, cfg, version))
@@ -564,6 +564,11 @@ def export_labels(ds, labels: LabelSet, out: str | os.PathLike, options: ExportO
     if skipped:
         ds = _without(ds, set(skipped))
         report.not_exported += [f"{sid}: skipped by gen-labels ({why})" for sid, why in sorted(skipped.items())]
+    for sid in ds.ids:  # every label PNG is there before anything is written
+        for d in labels.dirs:
+            if not (d / f"{sid}.png").is_file():
+                raise DataError(f"{d / (sid + '.png')}: label file not found (gen-labels did not finish this "
+                                "image; rerun bana gen-labels)")
     _EXPORTERS[options.format](ds, labels, options, _Writer(out, options.force, report, set(skipped)),
                                  progress)
     return report
