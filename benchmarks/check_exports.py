@@ -293,8 +293,8 @@ def _read_labelstudio(out: Path, exp, classes) -> dict:
                     bad.append(f"{sid} box {k + 1}: no mask in the task")
             elif not np.array_equal(m, masks[k]):
                 bad.append(f"{sid} box {k + 1}: {int((m != masks[k]).sum())} pixels differ")
-    reader = "label_studio_sdk.converter.brush.decode_rle" if (out / "tasks.json").read_text().find("brushlabels") >= 0 \
-        else "percent points + pycocotools"
+    brush = "brushlabels" in (out / "tasks.json").read_text()
+    reader = "label_studio_sdk.converter.brush.decode_rle" if brush else "percent points + pycocotools"
     return {"reader": reader, "checked": checked, "mismatches": bad}
 
 

@@ -26,11 +26,12 @@ class ExportLabelsConfig(Section):
         "labeler's own (Box, GrabCut). Default: the labeler's first.")
     split: str | None = Field(None, description="Split to export (default: the split gen-labels labelled).")
     fallback: Literal["box", "empty", "skip"] = Field(
-        "box", description="A box whose mask came out empty: box (its box's background pixels), empty (an empty mask), skip "
-        "(no mask; COCO keeps the annotation unchanged). Each is counted and listed.")
+        "box", description="A box whose mask came out empty: box (its box's background pixels), empty (an "
+        "empty mask), skip (no mask; COCO keeps the annotation unchanged). Each is counted and listed.")
     polygons: bool = Field(False, description="coco: polygons instead of RLE; labelstudio: polygonlabels instead of "
                            "brushlabels (outer contours, holes filled).")
-    copy_images: bool = Field(False, description="Copy the images too: coco and yolo to images/SPLIT/, voc to JPEGImages/.")
+    copy_images: bool = Field(False, description="Copy the images too: coco and yolo to images/SPLIT/, voc to "
+                              "JPEGImages/.")
     image_url: str = Field("/data/local-files/?d={path}", description="labelstudio: task image URL; {path} is the "
                            "image path relative to the dataset root, {file} its name, {id} the image id.")
     ls_image: str = Field("image", description="labelstudio: name of the Image tag (to_name).")

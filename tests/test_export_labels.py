@@ -44,7 +44,8 @@ def bana(app, *args):
 def _fake_bana_run(run: Path, ds) -> dict:
     """RUN/labels as gen-labels --method bana writes it: Ycrf = ground truth, Yret = Ycrf with
     its top rows set to background; in the first image the first box's pixels are erased from
-    both (an empty mask), in the second a pixel outside every box gets a class. Returns {"empty": (image id, box index)}."""
+    both (an empty mask), in the second a pixel outside every box gets a class.
+    Returns {"empty": (image id, box index)}."""
     labels = run / "labels"
     for i, sid in enumerate(ds.ids):
         gt = ds.load(i).gt.copy()
@@ -350,3 +351,23 @@ def test_voc_box_fallback_keeps_class_and_object_consistent(app, voc, tmp_path):
         _, labels = ds.box_labels(i, *cls.shape)
         for n in set(np.unique(obj).tolist()) - {0, VOID}:
             assert set(np.unique(cls[obj == n]).tolist()) == {int(labels[n - 1])}
+
+
+def test_images_gen_labels_skipped_are_reported_and_kept(app, coco, tmp_path):
+    data, run0, ds, info = coco
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    gone = ds.ids[1]
+    for d in ("Ycrf", "Yret"):
+        (run / "labels" / d / f"{gone}.png").unlink()
+    (run / "labels" / "bana.skipped.json").write_text(json.dumps({gone: "unreadable image"}))
+    res = bana(app, "export-labels", "--data", data, "--run", run, "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert "could not export 1:" in res.output and f"{gone}: skipped by gen-labels (unreadable image)" in res.output
+    src = json.loads(ds.ann_path.read_text())
+    out = json.loads((tmp_path / "c" / "annotations" / f"instances_{SPLIT}.json").read_text())
+    coco_id = ds.coco_ids[gone]
+    kept = [a for a in out["annotations"] if a["image_id"] == coco_id]
+    assert kept and kept == [a for a in src["annotations"] if a["image_id"] == coco_id]  # unchanged
+    report = json.loads((run / "export_labels" / "coco.report.json").read_text())
+    assert report["images"] == len(ds.ids) - 1 and len(report["not_exported"]) == 1

@@ -222,7 +222,8 @@ class ExportReport:
 
     def lines(self, max_listed: int = 5) -> list[str]:
         where = self.main_file or self.out
-        out = [f"export-labels: wrote {self.format} to {where} ({len(self.files)} file{'s' if len(self.files) != 1 else ''}): {self.images} images, "
+        files = f"{len(self.files)} file" + ("s" if len(self.files) != 1 else "")
+        out = [f"export-labels: wrote {self.format} to {where} ({files}): {self.images} images, "
                f"{self.boxes} boxes, {self.masks} masks from {self.method} {self.label_set} (split {self.split})"]
         if self.empty:
             what = {"box": "written as their box", "empty": "written as empty masks",
@@ -346,10 +347,10 @@ def _coco_from_users_file(ds, labels, cfg, w: _Writer, progress) -> dict:
                 ann["bana_fallback"] = img.status[k]
         done.add(coco_id)
         w.report.count(img)
-    left = [img for img in doc.get("images", []) if img.get("id") not in done
-            and Path(str(img.get("file_name"))).stem not in w.skipped]
+    left = [img for img in doc.get("images", []) if img.get("id") not in done and by_image.get(img.get("id"))
+            and Path(str(img.get("file_name"))).stem not in w.skipped]  # images with boxes not exported
     for img in left:
-        n = len(by_image.get(img.get("id"), []))
+        n = len(by_image[img.get("id")])
         w.report.not_exported.append(f"image {img.get('id')} ({img.get('file_name')}): {n} annotations kept "
                                      "unchanged, no labels (left out by the dataset reader or gen-labels)")
     return doc
@@ -373,7 +374,8 @@ def _coco_from_voc(ds, labels, cfg, w: _Writer, progress) -> dict:
             anns.append(ann)
         w.report.count(img)
     if cfg.fallback == "skip" and w.report.empty:
-        w.report.notes.append(f"{len(w.report.empty)} boxes with empty masks are not in the COCO file (--fallback skip)")
+        w.report.notes.append(f"{len(w.report.empty)} boxes with empty masks are not in the COCO file "
+                              "(--fallback skip)")
     cats = [{"id": i, "name": name, "supercategory": ""} for i, name in enumerate(ds.classes, start=1)]
     info = {"description": f"bana export-labels: {labels.method} {labels.name} of {ds.root} [{ds.split}]"}
     return {"info": info, "images": images, "annotations": anns, "categories": cats}
