@@ -10,14 +10,15 @@ them with (``pip install datumaro label-studio-sdk``, created once under ``--ven
 * datumaro ``voc_segmentation`` (one mask per class) and ``voc_instance_segmentation`` (one mask per
   object);
 * Label Studio's own brush decoder, ``label_studio_sdk.converter.brush.decode_rle``, on every brush
-  result of the tasks JSON; polygon results through datumaro-free percent -> pixel arithmetic and
-  pycocotools;
+  result of the tasks JSON; polygon results through percent -> pixel arithmetic and pycocotools,
+  and through Label Studio's own ``Converter.convert_to_coco`` (the tasks taken as annotations);
 * YOLO segmentation: datumaro (1.13) reads only ``class cx cy w h`` box lines, so there is no real
   reader here; the lines are parsed and filled with ``cv2.fillPoly`` (a second rasteriser, not
   pycocotools) and compared with the hole-filled masks.
 
 Each mask is compared with bana's own (``banacli.interop.export.image_labels``: the box's
-instance mask after the fallback; polygons against the mask with holes filled). Exits 1 on any
+instance mask after the fallback; polygons against the mask with holes filled), and those, on the
+host side, with gen-labels' own ``RUN/labels/instances_<SET>.json`` (the non-empty ones). Exits 1 on any
 mismatch and prints a summary with the time spent installing, exporting and reading.
 
     python benchmarks/check_exports.py                     # venv in .cache/interop-venv
@@ -125,8 +126,11 @@ def expected_masks(work: Path) -> dict:
             masks = np.stack([filled(m) for m in img.masks]) if polygons else img.masks
             arrays[f"masks/{sid}"] = masks
             arrays[f"labels/{sid}"] = img.labels
+            arrays[f"status/{sid}"] = np.array(img.status)
             arrays[f"class/{sid}"] = voc_class_map(img)
             arrays[f"object/{sid}"] = voc_object_map(img)
+        if which is None and not polygons:  # bana's masks are gen-labels' own instance masks
+            stats[name].append(_against_instances(work / f"run-{kind}", ds, labels, arrays))
         if "coco" in opts:  # annotation id -> (image id, box index), as the file lists them
             doc = json.loads((out / "annotations" / f"instances_{SPLIT}.json").read_text())
             file_of = {im["id"]: Path(im["file_name"]).stem for im in doc["images"]}
@@ -144,6 +148,26 @@ def expected_masks(work: Path) -> dict:
         np.savez_compressed(out / "expected.npz", **arrays)
         (out / "kind.json").write_text(json.dumps({"name": name, "opts": opts, "classes": ds.class_names}))
     return {"export_s": round(time.perf_counter() - t0, 1), "reports": stats}
+
+
+def _against_instances(run: Path, ds, labels, arrays) -> str:
+    """Compare the masks with status "mask" with RUN/labels/instances_<SET>.json (gen-labels)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from banacli.pseudo_instances import dataset_image_id
+
+    theirs: dict = {}
+    for r in json.loads((run / "labels" / f"instances_{labels.name}.json").read_text()):
+        theirs.setdefault(r["image_id"], []).append(mask_utils.decode(r["segmentation"]).astype(bool))
+    differ = 0
+    for sid in ds.ids:
+        ours = [m for m, st in zip(arrays[f"masks/{sid}"], arrays[f"status/{sid}"]) if st == "mask"]
+        got = theirs.get(dataset_image_id(ds, sid), [])
+        differ += len(ours) != len(got) or not all(np.array_equal(a, b) for a, b in zip(ours, got))
+    if differ:
+        raise SystemExit(f"check_exports: {differ} images' masks differ from {run}/labels/instances_{labels.name}.json")
+    return f"check: masks equal gen-labels' instances_{labels.name}.json"
 
 
 # ----------------------------------------------------------------------------- reader side (the readers' venv)
@@ -167,6 +191,10 @@ def _read_all(out_root: Path) -> dict:
                 r = _read_yolo(out, exp)
             else:
                 r = _read_labelstudio(out, exp, meta["classes"])
+                if "--polygons" in opts:  # and through Label Studio's own converter to COCO
+                    more = _read_labelstudio_converter(out, exp, meta["classes"])
+                    r = {"reader": f"{r['reader']}; {more['reader']}", "checked": r["checked"] + more["checked"],
+                         "mismatches": r["mismatches"] + more["mismatches"]}
         except Exception as exc:  # noqa: BLE001 - a reader that fails is a failed check
             r = {"reader": "?", "checked": 0, "mismatches": [f"{type(exc).__name__}: {exc}"]}
         r["read_s"] = round(time.perf_counter() - t0, 2)
@@ -298,6 +326,41 @@ def _read_labelstudio(out: Path, exp, classes) -> dict:
     return {"reader": reader, "checked": checked, "mismatches": bad}
 
 
+def _read_labelstudio_converter(out: Path, exp, classes) -> dict:
+    """The polygon tasks as a Label Studio export (predictions taken as annotations), converted
+    to COCO by ``label_studio_sdk.converter.Converter``; per image and class, the union of its
+    polygons against the union of bana's hole-filled masks of that class."""
+    import numpy as np
+    from label_studio_sdk.converter import Converter
+    from pycocotools import mask as mask_utils
+
+    tasks = json.loads((out / "tasks.json").read_text())
+    work = out / "ls-converter"
+    work.mkdir(exist_ok=True)
+    export = [{"id": n + 1, "data": t["data"], "annotations": [{"id": n + 1, "result": t["predictions"][0]["result"]}]}
+              for n, t in enumerate(tasks)]
+    (work / "export.json").write_text(json.dumps(export))
+    conv = Converter(config=(out / "label_config.xml").read_text(), project_dir=str(work), download_resources=False)
+    conv.convert_to_coco(str(work / "export.json"), str(work / "coco"), is_dir=False)
+    doc = json.loads((work / "coco" / "result.json").read_text())
+    name_of = {c["id"]: c["name"] for c in doc["categories"]}
+    checked, bad = 0, []
+    for n, img in enumerate(doc["images"]):
+        sid = tasks[n]["data"]["bana_id"]
+        masks, labels = exp[f"masks/{sid}"], exp[f"labels/{sid}"]
+        h, w = img["height"], img["width"]
+        for c in sorted(set(int(v) for v in labels)):
+            polys = [a["segmentation"][0] for a in doc["annotations"] if a["image_id"] == img["id"]
+                     and a["segmentation"] and name_of[a["category_id"]] == classes[c]]
+            got = (mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
+                   if polys else np.zeros((h, w), bool))
+            want = masks[labels == c].any(axis=0)
+            checked += 1
+            if not np.array_equal(got, want):
+                bad.append(f"{sid} class {classes[c]}: {int((got != want).sum())} pixels differ (LS converter)")
+    return {"reader": "label_studio_sdk Converter.convert_to_coco", "checked": checked, "mismatches": bad}
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -347,9 +410,9 @@ def main() -> int:
         for line in r["mismatches"][:5]:
             print(f"        {line}")
     for name, lines in timing.pop("reports").items():
-        empties = [ln for ln in lines if "empty mask" in ln]
-        if empties:
-            print(f"  {name}: {empties[0].removeprefix('export-labels: ')}")
+        for ln in lines:
+            if "empty mask" in ln or ln.startswith("check:"):
+                print(f"  {name}: {ln.removeprefix('export-labels: ')}")
     inst = (f"venv created: {install['install_s']} s, {install['venv_mb']} MB" if install["created"]
             else "venv reused")
     print(f"check_exports: {inst}; runs {timing['runs_s']} s, exports {timing['export_s']} s, "
