@@ -60,3 +60,33 @@ def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, t
             return exc.code, json.loads(payload)
         except json.JSONDecodeError:
             return exc.code, payload.decode(errors="replace")
+
+
+def stand_in_label_studio(routes: dict, token: str):
+    """A stand-in for the Label Studio server on 127.0.0.1: GET path -> (status, headers, body
+    bytes), answered only with ``Authorization: Token <token>`` (403 otherwise). Returns
+    (server, base URL, list of (path, Authorization header) seen); ``server.shutdown()`` stops it."""
+    import http.server as http_server
+    import threading
+
+    seen = []
+
+    class Handler(http_server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append((self.path, self.headers.get("Authorization")))
+            status, headers, body = routes.get(self.path, (404, {}, b"not found"))
+            if self.headers.get("Authorization") != f"Token {token}":
+                status, headers, body = 403, {}, b"forbidden"
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}", seen

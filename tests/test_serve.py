@@ -289,3 +289,53 @@ def test_percent_boxes_come_back_to_the_same_pixels():
             assert back == tuple(float(v) for v in box)
             assert (box_extents([back], h, w)[0] == np.asarray(box)).all()
     assert missed > 0  # the case the snapping is for does occur
+
+
+def test_images_fetched_from_label_studio_with_the_setup_token(tmp_path):
+    """No --images-root: a task's image comes from the Label Studio host /setup named, with its
+    token; a wrong token, a redirect to another host and a URL elsewhere are refused per task."""
+    from .serve_fixtures import stand_in_label_studio
+
+    run = make_cls_run(tmp_path / "run")
+    png = (write_fixture_images(tmp_path / "images") / "images" / "img1.png").read_bytes()
+    token = "f" * 40
+    routes = {"/data/upload/1/img1.png": (200, {"Content-Type": "image/png"}, png),
+              "/data/upload/1/moved.png": (302, {"Location": "http://192.0.2.1/img1.png"}, b"")}
+    ls, ls_url, seen = stand_in_label_studio(routes, token)
+    labeler = Labeler.from_run(run)
+    backend = Backend(slot=ModelSlot(labeler), images=ImageSource(root=None))
+    server, thread, url = serve_in_thread(create_app(backend))
+    try:
+        http("POST", f"{url}/setup", fixture("setup_request") | {"hostname": ls_url, "access_token": token})
+        req = fixture("predict_batch_request")
+        good = req["tasks"][1]
+        tasks = []
+        for ref in ("/data/upload/1/img1.png", f"{ls_url}/data/upload/1/img1.png", "/data/upload/1/moved.png",
+                    "/data/upload/1/none.png", "http://192.0.2.1/data/upload/1/img1.png"):
+            t = fixture("predict_batch_request")["tasks"][1]
+            t["data"]["image"] = ref
+            tasks.append(t)
+        req["tasks"] = tasks
+        status, body = http("POST", f"{url}/predict", req)
+        results = body["results"]
+        rects = good["annotations"][0]["result"]
+        image = read_image(tmp_path / "images" / "images" / "img1.png")
+        h, w = image.shape[:2]
+        boxes = [[r["value"]["x"] * w / 100, r["value"]["y"] * h / 100, (r["value"]["x"] + r["value"]["width"]) * w / 100,
+                  (r["value"]["y"] + r["value"]["height"]) * h / 100] for r in rects]
+        out = labeler.label(image, boxes, [r["value"]["rectanglelabels"][0] for r in rects])
+        for entry in results[:2]:  # a path on the host, and the host's full URL
+            _check_entry(entry, rects, out, (h, w), body["model_version"])
+        assert "redirected it to another host" in results[2]["error"]
+        assert "HTTP 404" in results[3]["error"]
+        assert "not on the Label Studio server" in results[4]["error"]
+        assert {a for _, a in seen} == {f"Token {token}"}
+        # with another token Label Studio refuses, and the task says so
+        http("POST", f"{url}/setup", fixture("setup_request") | {"hostname": ls_url, "access_token": "0" * 40})
+        status, body = http("POST", f"{url}/predict", {"tasks": tasks[:1], "label_config": req["label_config"],
+                                                      "project": req["project"]})
+        assert "HTTP 403" in body["results"][0]["error"]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        ls.shutdown()

@@ -48,6 +48,18 @@ class Connection:
     token: str | None = None
 
 
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the Label Studio host itself (and never hand the token elsewhere)."""
+
+    def __init__(self, conn: Connection, same_host) -> None:
+        self.conn, self.same_host = conn, same_host
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not self.same_host(newurl, self.conn):
+            raise ImageError(f"image {req.full_url!r}: refused, Label Studio redirected it to another host")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 @dataclass
 class ImageSource:
     root: Path | None = None
@@ -113,8 +125,9 @@ class ImageSource:
         url = urllib.parse.urljoin(conn.hostname.rstrip("/") + "/", ref.lstrip("/")) if ref.startswith("/") else ref
         headers = {"Authorization": f"Token {conn.token}"} if conn.token else {}
         req = urllib.request.Request(url, headers=headers)
+        opener = urllib.request.build_opener(_SameHostRedirects(conn, self._same_host))
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - host checked above
+            with opener.open(req, timeout=self.timeout) as resp:  # host checked above, redirects below
                 length = resp.headers.get("Content-Length")
                 if length is not None and length.isdigit() and int(length) > self.max_bytes:
                     raise ImageError(f"image {ref!r}: {int(length)} bytes, more than the limit {self.max_bytes}")
