@@ -131,7 +131,8 @@ class Backend:
             except DataError as exc:
                 raise RequestError(422, str(exc)) from None
             self._target(cfg)  # refuses a config without a mask tag on an image
-            self._warn_unknown_labels(cfg)
+            if self.project(key).schema != schema:  # Label Studio calls /setup before every predict
+                self._warn_unknown_labels(cfg)
         host = body.get("hostname") or self.default_connection.hostname
         token = body.get("access_token") or self.default_connection.token
         with self._lock:
