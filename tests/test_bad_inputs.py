@@ -441,3 +441,80 @@ def test_1_overlay_in_bands_equals_the_whole_overlay():
     mask = np.random.default_rng(2).integers(0, 4, (70, 40)).astype(np.uint8)
     mask[0, 0] = 255
     assert np.array_equal(overlay_in_rows(image, mask, overlay, rows=16), overlay(image, mask))
+
+
+# ============================================================================= issue 21
+
+@pytest.fixture
+def coco(tmp_path) -> Path:
+    from banacli.data.synth_coco import generate_coco
+
+    root = tmp_path / "coco"
+    generate_coco(root, images=3, size=48, seed=5)
+    return root
+
+
+def _coco_json(root: Path) -> tuple[Path, dict]:
+    path = root / "annotations" / "instances_train.json"
+    return path, json.loads(path.read_text())
+
+
+def test_21_1_coco_images_sharing_an_id_are_refused_naming_both(coco, tmp_path):
+    path, data = _coco_json(coco)
+    first, second = data["images"][0], data["images"][1]
+    second_boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == second["id"]]
+    assert second_boxes and second_boxes != [a["bbox"] for a in data["annotations"] if a["image_id"] == first["id"]]
+    for a in data["annotations"]:
+        if a["image_id"] == second["id"]:
+            a["image_id"] = first["id"]
+    second["id"] = first["id"]
+    path.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", coco, "--run", run, *BOX])
+    assert res.exit_code == 1
+    error_line(res, str(path), f"({first['file_name']})", f"({second['file_name']})", f"both have id {first['id']}")
+    assert not list(run.rglob("*.png"))
+    res = invoke(["gen-labels", "--data", coco, "--run", run, *BOX, "--set", "data.on_error=skip"])
+    assert res.exit_code == 1  # not an image to skip: the file itself is ambiguous
+    error_line(res, "both have id")
+
+
+def test_21_7_annotations_naming_no_image_are_counted_and_reported(coco, tmp_path):
+    path, data = _coco_json(coco)
+    extra = dict(data["annotations"][0], id=9001, image_id=4242)
+    data["annotations"] += [extra, dict(extra, id=9002)]
+    path.write_text(json.dumps(data))
+    res = invoke(["gen-labels", "--data", coco, "--run", tmp_path / "run", "--method", "box"])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", "")
+    assert f"warning: {path}: 2 annotation(s) name no image" in text, text
+    assert "annotation 9001 -> image_id 4242" in text and "they are ignored" in text
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../../outside.jpg", "sub/../../../outside.jpg"])
+def test_21_10_a_coco_file_name_cannot_leave_the_dataset(coco, tmp_path, name):
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes((coco / "train" / "000000.jpg").read_bytes())
+    path, data = _coco_json(coco)
+    data["images"][1]["file_name"] = name
+    path.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", coco, "--run", run, *BOX])
+    assert res.exit_code == 1
+    error_line(res, str(path), f"file_name {name!r} points outside", "under the dataset root")
+    assert not list(run.rglob("*.png"))
+
+
+def test_21_10_file_names_in_subfolders_of_the_dataset_still_work(coco, tmp_path):
+    from banacli.data.coco import COCODataset
+
+    path, data = _coco_json(coco)
+    (coco / "train" / "sub").mkdir()
+    os.replace(coco / "train" / "000001.jpg", coco / "train" / "sub" / "000001.jpg")
+    data["images"][1]["file_name"] = "sub/000001.jpg"
+    (coco / "val").mkdir()
+    os.replace(coco / "train" / "000002.jpg", coco / "val" / "000002.jpg")
+    data["images"][2]["file_name"] = "../val/000002.jpg"  # under ROOT: allowed
+    path.write_text(json.dumps(data))
+    ds = COCODataset(coco, "train")
+    assert [ds.load(i).image.shape for i in range(3)] == [(48, 48, 3)] * 3
