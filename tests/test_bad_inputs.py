@@ -518,3 +518,26 @@ def test_21_10_file_names_in_subfolders_of_the_dataset_still_work(coco, tmp_path
     path.write_text(json.dumps(data))
     ds = COCODataset(coco, "train")
     assert [ds.load(i).image.shape for i in range(3)] == [(48, 48, 3)] * 3
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("labels:\n  viz: 0\n  workers: 1\n  viz: 2\n", "'viz'", "lines 2 and 4"),
+    ("labels:\n  viz: 0\ndata:\n  on_error: skip\nlabels:\n  workers: 1\n", "'labels'", "lines 1 and 5"),
+    ("labels: {viz: 0, viz: 1}\n", "'viz'", "lines 1 and 1"),
+])
+def test_21_duplicate_keys_in_a_yaml_config_are_refused(voc, tmp_path, text, key, lines):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--config", cfg, *BOX])
+    assert res.exit_code == 2
+    error_line(res, str(cfg), f"key {key} appears twice ({lines})")
+    assert not run.exists()
+
+
+def test_21_yaml_merge_keys_are_not_duplicates(tmp_path):
+    from banacli.config import load_yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("base: &b {viz: 1, workers: 2}\nlabels:\n  <<: *b\n  viz: 3\n")
+    assert load_yaml(cfg)["labels"] == {"viz": 3, "workers": 2}
