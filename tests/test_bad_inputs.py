@@ -541,3 +541,29 @@ def test_21_yaml_merge_keys_are_not_duplicates(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("base: &b {viz: 1, workers: 2}\nlabels:\n  <<: *b\n  viz: 3\n")
     assert load_yaml(cfg)["labels"] == {"viz": 3, "workers": 2}
+
+
+def test_21_2_a_one_pixel_image_trains_flipped_or_not(voc, tmp_path):
+    from banacli.data.transforms import JointAugment
+
+    aug = JointAugment(32, jitter=0, seed=0)
+    for hw in ((1, 1), (40, 1)):  # 1 px wide, before or after scaling
+        image = np.full((*hw, 3), 200, np.uint8)
+        params = dict(aug.sample_params(*hw), flip=True, scaled_hw=hw)
+        out = aug(image, [[0, 0, 1, hw[0]]], [1], {"gt": np.ones(hw, np.uint8)}, params=params)
+        assert out["boxes"].tolist() == [[0.0, 0.0, 1.0, float(min(hw[0], 32))]]
+        assert int(out["valid"].sum()) == min(hw[0], 32) and (out["image"][:, : hw[0], 0] == 200).all()
+    # through train-cls: every image 1x1, so the flips (p = 0.5 each) surely hit one
+    for image_id in ids_of(voc):
+        Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+        (voc / "SegmentationClass" / f"{image_id}.png").unlink()
+        xml = voc / "Annotations" / f"{image_id}.xml"
+        text = xml.read_text()
+        for tag, v in (("xmin", 1), ("ymin", 1), ("xmax", 1), ("ymax", 1), ("width", 1), ("height", 1)):
+            text = "".join(part if i == 0 else f"<{tag}>{v}</{tag}>" + part.split(f"</{tag}>", 1)[1]
+                           for i, part in enumerate(text.split(f"<{tag}>")))
+        xml.write_text(text)
+    res = invoke(["train-cls", "--data", voc, "--run", tmp_path / "run", "--backbone", "tiny", "--set",
+                  "cls.weights=null", "--crop-size", 32, "--batch-size", 4, "--iterations", 2, "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "cls" / "model.safetensors").is_file()
