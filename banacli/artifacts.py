@@ -158,10 +158,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip, pickle, safetensors and I/O errors all end here
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # torch names the global it refused: "Unsupported global: GLOBAL mod.Name" for an allowed
+        # module, "unsupported GLOBAL posix.system whose module posix is blocked" (torch 2.14) otherwise
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.IGNORECASE)
         if found:
-            raise ArtifactError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
-                                "refused (checkpoints are read with torch.load(weights_only=True))") from None
+            raise ArtifactError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors, "
+                                "which bana will not unpickle or execute; refused (checkpoints are read with "
+                                "torch.load(weights_only=True))") from None
         if isinstance(exc, pickle.UnpicklingError):
             if _starts_like_pickle(path):
                 raise ArtifactError(f"{path}: holds pickled Python objects, which bana will not execute; "

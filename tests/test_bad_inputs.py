@@ -567,3 +567,30 @@ def test_21_2_a_one_pixel_image_trains_flipped_or_not(voc, tmp_path):
                   "cls.weights=null", "--crop-size", 32, "--batch-size", 4, "--iterations", 2, "-q"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "cls" / "model.safetensors").is_file()
+
+
+class _Payload:
+    """A real attack: unpickling runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import shlex
+
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def test_21_5_a_zip_checkpoint_with_an_os_system_payload_is_never_run_and_named(voc, tmp_path):
+    import torch
+
+    evil, marker = tmp_path / "weights.pt", tmp_path / "pwned"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Payload(marker)}, evil)
+    assert evil.read_bytes()[:2] == b"PK"  # torch's zip format, not a raw pickle
+    res = invoke(["train-cls", "--data", voc, "--run", tmp_path / "run", "--backbone", "tiny",
+                  "--set", f"cls.weights={evil}", "--iterations", 1, "-q"])
+    assert res.exit_code == 1
+    line = error_line(res, str(evil), f"holds a pickled Python object ({os.system.__module__}.system)",
+                      "will not unpickle")
+    assert "not a PyTorch checkpoint" not in line
+    assert not marker.exists()
