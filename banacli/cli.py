@@ -106,6 +106,7 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
     if values.get("data") is not None:
         overrides.setdefault("data", {})["root"] = str(values["data"])
     held = contextlib.ExitStack()  # the run-directory lock, released however the stage ends
+    ctx: StageContext | None = None
     try:
         cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides,
                              sets=[*(values.get("set_") or []), *env_overrides()])
@@ -144,7 +145,8 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
                 ctx.logger.removeHandler(handler)
                 handler.close()
     except BanaError as exc:
-        _err.print(f"bana {stage.name}: error: {exc}", markup=False)
+        if not _already_shown(exc, ctx):
+            _err.print(f"bana {stage.name}: error: {exc}", markup=False)
         return exc.exit_code
     except OSError as exc:  # a read-only or full disk, a path that is a file, ...: one line, no traceback
         _err.print(f"bana {stage.name}: error: {os_error_line(exc)}", markup=False)
@@ -155,6 +157,15 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
     finally:
         held.close()
     return 0
+
+
+def _already_shown(exc: BanaError, ctx: StageContext | None) -> bool:
+    """True for a training run stopped by SIGTERM / SIGINT whose stop line the loop has printed
+    already: it prints it through ``banacli.train.log_line_for``, which writes to stderr when that
+    is not a terminal and --quiet is off (on a terminal the progress bar has it, so the host prints it)."""
+    train = sys.modules.get("banacli.train")  # not imported: the error cannot be a training stop
+    return (train is not None and isinstance(exc, train.Stopped) and ctx is not None
+            and not ctx.quiet and not ctx.console.is_terminal)
 
 
 def _make_command(stage: Stage, model: type[BaseModel]):

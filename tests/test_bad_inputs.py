@@ -594,3 +594,36 @@ def test_21_5_a_zip_checkpoint_with_an_os_system_payload_is_never_run_and_named(
                       "will not unpickle")
     assert "not a PyTorch checkpoint" not in line
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_21_sigterm_stop_message_is_printed_once(voc, tmp_path, monkeypatch, quiet):
+    import signal
+
+    import banacli.train as train
+
+    real = train.log_line_for
+
+    sent = []
+
+    def stop_after_first_line(ctx):
+        emit = real(ctx)
+
+        def once(message):
+            emit(message)
+            if not sent:
+                sent.append(message)
+                os.kill(os.getpid(), signal.SIGTERM)  # what a batch scheduler sends
+
+        return once
+
+    monkeypatch.setattr(train, "log_line_for", stop_after_first_line)
+    run = tmp_path / "run"
+    res = invoke(["train-cls", "--data", voc, "--run", run, "--backbone", "tiny", "--set", "cls.weights=null",
+                  "--crop-size", 32, "--batch-size", 2, "--iterations", 50, "--log-every", 1,
+                  *(["-q"] if quiet else [])])
+    assert res.exit_code == 143, res.output
+    assert "Traceback" not in res.output
+    assert res.output.count("stopped by SIGTERM at iteration") == 1, res.output
+    assert "--resume" in res.output
+    assert (run / "cls" / "train-cls.log").read_text().count("stopped by SIGTERM") == 1
