@@ -133,13 +133,15 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
             held.enter_context(stage_lock(ctx.stage_dir, stage.name, getattr(ctx.section, "shard", None)))  # one process per stage and run
         handler = setup_stage_logging(ctx) if main_rank else None
         try:
-            if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):
-                ctx.save_resolved_config()
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))
             ctx.logger.info(configure_threads())
             if env_overrides():
                 ctx.logger.info("%s: %s", OVERRIDES_ENV, " ".join(env_overrides()))
             stage.run(ctx)
+            # RUN/<section>/config.yaml describes what is there: a refused or failed run leaves the
+            # last one as it was. Long stages write it themselves once accepted (writes_own_config).
+            if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):
+                ctx.save_resolved_config()
         finally:
             if handler is not None:
                 ctx.logger.removeHandler(handler)

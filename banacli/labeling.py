@@ -305,7 +305,14 @@ def _check_manifest(path: Path, manifest: dict[str, Any], force: bool) -> bool:
         return True
     if force:
         return False
-    raise ArtifactError(f"{path}: the labels there were made with a different {', '.join(differs)}; "
+    from banacli.train import config_differences
+
+    def short(values: dict) -> dict:  # sha256 digests: the first 12 hex digits tell them apart
+        return {k: f"{v[:12]}…" if k in ("dataset", "classifier_sha256") and isinstance(v, str) else v
+                for k, v in values.items() if k in differs}
+
+    named = config_differences(short(old), short(manifest), before="labels")
+    raise ArtifactError(f"{path}: the labels there were made with a different {'; '.join(named)}; "
                         "use --force to relabel everything, or another --run directory")
 
 
@@ -456,15 +463,20 @@ def label_split(ctx) -> LabelRun:
         for d in [*out_dirs.values(), viz_dir]:
             if d.is_dir():
                 remove_stale_temp_files(d)
+    mine = part_indices(len(ds), shard, rank, world)
+    sizes = {}
+    for i in mine:  # every image of this part is readable before the manifest or config changes
+        w, h = check_image(ds.image_path(ds.ids[i]))
+        sizes[i] = (h, w)
     keep = _decide_manifest(out_root / f"{labeler.name}.manifest.json", manifest, cfg.force, rank, world)
     if rank == 0:
         from banacli.outputs import write_skipped
 
+        ctx.save_resolved_config()  # only now that the run is accepted: beside the labels it makes
         write_skipped(out_root, labeler.name, ds.skipped)  # lets train-seg tell skipped from missing
     for d in [*out_dirs.values(), *([viz_dir] if cfg.viz else [])]:
         d.mkdir(parents=True, exist_ok=True)
 
-    mine = part_indices(len(ds), shard, rank, world)
     if shard[1] > 1:  # a killed earlier run of this shard: only its own images' temp files (the
         # other shards may be writing theirs now; the shard lock keeps this shard's twin out)
         own = {f"{ds.ids[i]}.png" for i in mine}
@@ -472,11 +484,6 @@ def label_split(ctx) -> LabelRun:
             if d.is_dir():
                 remove_stale_temp_files(d, own)
     viz_ids = set(ds.ids[: cfg.viz])
-
-    sizes = {}
-    for i in mine:  # every image of this part is readable before any work starts
-        w, h = check_image(ds.image_path(ds.ids[i]))
-        sizes[i] = (h, w)
 
     def needs_work(i: int) -> bool:
         image_id = ds.ids[i]

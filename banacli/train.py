@@ -285,15 +285,16 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: dict, now: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
-    """'key (checkpoint A, now B)' for every flattened key whose value differs."""
+def config_differences(saved: dict, now: dict, *, ignore: tuple[str, ...] = (), before: str = "checkpoint") -> list[str]:
+    """'key (checkpoint A, now B)' for every flattened key whose value differs (``before`` names
+    what holds the saved values)."""
     a, b = _flatten(saved), _flatten(now)
     out = []
     for key in sorted(set(a) | set(b)):
         if key.rsplit(".", 1)[-1] in ignore:
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
-            out.append(f"{key} (checkpoint {a.get(key, '<unset>')!r}, now {b.get(key, '<unset>')!r})")
+            out.append(f"{key} ({before} {a.get(key, '<unset>')!r}, now {b.get(key, '<unset>')!r})")
     return out
 
 

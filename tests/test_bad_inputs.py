@@ -627,3 +627,57 @@ def test_21_sigterm_stop_message_is_printed_once(voc, tmp_path, monkeypatch, qui
     assert res.output.count("stopped by SIGTERM at iteration") == 1, res.output
     assert "--resume" in res.output
     assert (run / "cls" / "train-cls.log").read_text().count("stopped by SIGTERM") == 1
+
+
+def test_21_3_a_refused_gen_labels_leaves_config_yaml_byte_for_byte(voc, tmp_path):
+    run = tmp_path / "run"
+    assert invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--set", "labels.grid_size=1"]).exit_code == 0
+    config = run / "labels" / "config.yaml"
+    before = config.read_bytes()
+    assert b"grid_size: 1\n" in before
+    labels = snapshot(run / "labels" / "Box")
+
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--set", "labels.grid_size=2"])
+    assert res.exit_code == 1
+    error_line(res, "box.manifest.json", "params.grid_size (labels 1, now 2)", "--force")
+    assert config.read_bytes() == before
+
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--shard", "1/2", "--force",
+                  "--set", "labels.grid_size=2"])
+    assert res.exit_code == 2
+    error_line(res, "--force with --shard")
+    assert config.read_bytes() == before
+
+    ids = ids_of(voc)
+    set_split(voc, [*ids, "../escape"])
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force", "--set", "labels.grid_size=2"])
+    assert res.exit_code == 1
+    error_line(res, "train.txt:5", "holds a path separator")
+    assert config.read_bytes() == before
+    set_split(voc, ids)
+    (voc / "JPEGImages" / f"{ids[3]}.jpg").write_bytes(b"\xff\xd8 broken")  # found before any work
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force", "--set", "labels.grid_size=2"])
+    assert res.exit_code == 1
+    error_line(res, f"{ids[3]}.jpg", "cannot read image")
+    assert config.read_bytes() == before
+    assert json.loads((run / "labels" / "box.manifest.json").read_text())["params"]["grid_size"] == 1
+    assert snapshot(run / "labels" / "Box") == labels
+    # an accepted run writes the config it labels with
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force", "--set", "labels.grid_size=2",
+                  "--set", "data.on_error=skip"])
+    assert res.exit_code == 0, res.output
+    assert b"grid_size: 2\n" in config.read_bytes()
+
+
+def test_21_3_a_refused_predict_leaves_its_config_yaml(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    write_image(tmp_path / "in" / "a.png", random_image(32, 32, 0))
+    assert invoke(["predict", "--run", run, tmp_path / "in", "--out", tmp_path / "out", "-q"]).exit_code == 0
+    config = run / "predict" / "config.yaml"
+    before = config.read_bytes()
+    side = run / "seg" / "model.json"
+    side.write_text(side.read_text().replace('"tau": 20.0', '"tau": 5.0'))
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", tmp_path / "out2", "--no-overlay", "-q"])
+    assert res.exit_code == 1
+    error_line(res, "model.json", "edited after the model was saved")
+    assert config.read_bytes() == before
