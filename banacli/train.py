@@ -321,6 +321,10 @@ def _check_restart(ckpt: Path, *, resume: bool, force: bool, iterations: int, co
                         "continue it, --force to start again from iteration 0, or use another --run")
     state = read_checkpoint_state(ckpt)
     saved = state.get("meta", {}).get("config")
+    if saved is not None:
+        from banacli.runs import resolve_data_root
+
+        saved = resolve_data_root(saved)  # a checkpoint of an older bana holds data.root as typed
     if config_meta is not None and saved is not None and saved != config_meta:
         diff = config_differences(saved, config_meta, ignore=("iterations",))
         if diff:

@@ -681,3 +681,33 @@ def test_21_3_a_refused_predict_leaves_its_config_yaml(tmp_path):
     assert res.exit_code == 1
     error_line(res, "model.json", "edited after the model was saved")
     assert config.read_bytes() == before
+
+
+def test_21_4_resume_accepts_the_same_dataset_spelled_another_way(voc, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(voc.parent)
+    run = tmp_path / "run"
+    common = ["--run", run, "--backbone", "tiny", "--set", "cls.weights=null", "--crop-size", 32,
+              "--batch-size", 2, "--checkpoint-every", 1, "-q"]
+    assert invoke(["train-cls", "--data", voc.name, *common, "--iterations", 1]).exit_code == 0
+    res = invoke(["train-cls", "--data", voc.parent / ".." / voc.parent.name / voc.name, *common,
+                  "--iterations", 2, "--resume"])
+    assert res.exit_code == 0, res.output
+    other = tmp_path / "voc-copy"
+    shutil.copytree(voc, other)
+    res = invoke(["train-cls", "--data", other, *common, "--iterations", 3, "--resume"])
+    assert res.exit_code == 1
+    error_line(res, "checkpoint was written with a different config",
+               f"data.root (checkpoint {str(voc.resolve())!r}, now {str(other.resolve())!r})")
+
+
+def test_21_4_a_root_saved_as_typed_compares_resolved(tmp_path, monkeypatch):
+    from banacli.runs import resolve_data_root
+
+    monkeypatch.chdir(tmp_path)
+    saved = {"data": {"root": "voc", "train_split": "train"}, "cls": {"lr": 0.1}}
+    assert resolve_data_root(saved) == {"data": {"root": str(tmp_path.resolve() / "voc"), "train_split": "train"},
+                                        "cls": {"lr": 0.1}}
+    assert saved["data"]["root"] == "voc"  # a copy
+    assert resolve_data_root({"inst": {}}) == {"inst": {}}
