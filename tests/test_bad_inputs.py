@@ -711,3 +711,29 @@ def test_21_4_a_root_saved_as_typed_compares_resolved(tmp_path, monkeypatch):
                                         "cls": {"lr": 0.1}}
     assert saved["data"]["root"] == "voc"  # a copy
     assert resolve_data_root({"inst": {}}) == {"inst": {}}
+
+
+def test_21_6_skip_leaves_out_a_jpeg_cut_short_with_an_end_marker(voc, tmp_path, coco):
+    from banacli.data.coco import COCODataset
+    from banacli.data.voc import check_image
+
+    cut_id = ids_of(voc)[1]
+    data = _jpeg(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    cut = data[: len(data) // 2] + b"\xff\xd9"
+    (voc / "JPEGImages" / f"{cut_id}.jpg").write_bytes(cut)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box", "--set", "data.on_error=skip"])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", "")
+    assert "skipped 1 of 4" in text and f"{cut_id}.jpg: JPEG data is cut short" in text
+    assert sorted(p.stem for p in (run / "labels" / "Box").glob("*.png")) == sorted(set(ids_of(voc)) - {cut_id})
+    # the COCO reader's skip check is the same
+    (coco / "train" / "000001.jpg").write_bytes(cut)
+    ds = COCODataset(coco, "train", on_error="skip")
+    assert "000001" not in ds.ids and "cut short" in ds.skipped[0][1]
+    # whole images, with or without a flat corner, pass the check
+    arr = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    arr[16:, 16:] = 128
+    for whole in (data, _jpeg(arr)):
+        (tmp_path / "whole.jpg").write_bytes(whole)
+        assert check_image(tmp_path / "whole.jpg", scan=True) == (48, 48)

@@ -317,7 +317,7 @@ class COCODataset(_SampleDataset):
         if how == "decode":
             h, w = read_image(path).shape[:2]
         else:
-            w, h = check_image(path)
+            w, h = check_image(path, scan=True)
         size = self._size(sid)
         if size is not None and size != (w, h):
             raise DataError(f"{path}: image is {w}x{h} but {self.ann_path} says {size[0]}x{size[1]}")
