@@ -56,14 +56,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _as_os_error(exc: BaseException, path: Path) -> OSError | None:
-    """An I/O failure of a writer (an OSError without a file name, or a library error whose text
-    carries an errno, as safetensors' "os error 28") as an OSError naming ``path``; else None."""
+    """An I/O failure of a writer (an OSError without a file name, with or without an errno, or a
+    library error whose text carries an errno, as safetensors' "os error 28") as an OSError
+    naming ``path``; else None."""
     import errno as _errno
     import re
 
     if isinstance(exc, OSError):
-        if exc.filename is not None or exc.errno is None:
+        if exc.filename is not None:
             return None
+        if exc.errno is None:  # e.g. PIL's "broken data stream when writing image file"
+            return OSError(None, str(exc) or type(exc).__name__, str(path))
         return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
     if not isinstance(exc, Exception):
         return None

@@ -737,3 +737,30 @@ def test_21_6_skip_leaves_out_a_jpeg_cut_short_with_an_end_marker(voc, tmp_path,
     for whole in (data, _jpeg(arr)):
         (tmp_path / "whole.jpg").write_bytes(whole)
         assert check_image(tmp_path / "whole.jpg", scan=True) == (48, 48)
+
+
+def test_21_8_predict_on_an_image_too_wide_for_a_jpeg_writes_the_mask_and_names_the_file(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    wide = write_image(tmp_path / "in" / "wide.png", np.full((48, 65535, 3), 90, np.uint8))
+    write_image(tmp_path / "in" / "small.png", random_image(32, 32, 0))
+    out = tmp_path / "out"
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", out])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", "")
+    assert f"{wide}: 65535x48 image is too large for a JPEG picture" in text, text
+    assert "wide_overlay.jpg not written, the mask wide.png is" in text
+    assert load_label_png(out / "wide.png").shape == (48, 65535)
+    assert not (out / "wide_overlay.jpg").exists() and not list(out.glob(".*.tmp"))
+    with Image.open(out / "small_overlay.jpg") as im:
+        assert im.size == (32, 32)
+
+
+def test_21_8_a_writer_error_without_a_file_name_is_named_after_the_file(tmp_path):
+    from banacli.artifacts import atomic_path
+    from banacli.errors import os_error_line
+
+    with pytest.raises(OSError) as err:
+        with atomic_path(tmp_path / "x_overlay.jpg"):
+            raise OSError("broken data stream when writing image file")
+    assert os_error_line(err.value) == f"{tmp_path / 'x_overlay.jpg'}: broken data stream when writing image file"
+    assert not list(tmp_path.iterdir())
