@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from banacli.errors import ArtifactError, ConfigError
+from banacli.errors import ArtifactError, BanaError, ConfigError
 
 __all__ = [
     "FEATURE_BATCH",
@@ -411,6 +411,20 @@ def _decide_manifest(path: Path, manifest: dict, force: bool, rank: int, world: 
     return bool(value)
 
 
+def worker_died(exc: BaseException, *, finished: int, total: int) -> BanaError:
+    """One line for joblib's TerminatedWorkerError: a worker killed from outside (SIGKILL is what
+    the kernel's OOM killer sends) ends the run, but every label written so far is kept and a
+    rerun of the same command labels only the rest."""
+    import re
+
+    codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
+    how = f" (exit {codes.group(1)})" if codes else ""
+    oom = ", probably out of memory" if not codes or "SIGKILL" in codes.group(1) else ""
+    return BanaError(f"gen-labels: a worker process died{how}{oom}; {finished} of {total} labels are finished "
+                     "and kept; resume with the same command (fewer --workers or a lower data.max_side need "
+                     "less memory)")
+
+
 def label_split(ctx) -> LabelRun:
     """Label this process's part of the split (skipping finished images) and say whether the
     whole split is done."""
@@ -535,6 +549,10 @@ def label_split(ctx) -> LabelRun:
             for image_id in runner(tasks()):
                 labelled.append(image_id)
                 prog.update(task_id, advance=1, status=image_id)
+    except Exception as exc:  # noqa: BLE001 - only a dead worker is turned into a line; the rest re-raise
+        if type(exc).__name__ != "TerminatedWorkerError":
+            raise
+        raise worker_died(exc, finished=done + len(labelled), total=len(mine)) from None
     finally:
         _WORKER.pop("classifier", None)  # a later stage in this process (bana demo) must not keep it
         _WORKER.pop("classifier_key", None)

@@ -764,3 +764,33 @@ def test_21_8_a_writer_error_without_a_file_name_is_named_after_the_file(tmp_pat
             raise OSError("broken data stream when writing image file")
     assert os_error_line(err.value) == f"{tmp_path / 'x_overlay.jpg'}: broken data stream when writing image file"
     assert not list(tmp_path.iterdir())
+
+
+def test_21_9_a_worker_killed_like_by_the_oom_killer_is_one_line_and_resume_finishes(voc, tmp_path, monkeypatch):
+    import signal
+
+    import banacli.labelers as labelers
+
+    ids = ids_of(voc)
+    victim = ids[2]
+
+    def label_or_die(task):  # a closure: cloudpickle sends it by value to the loky workers
+        if task.image_id == victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return labelers.BOX.label(task)
+
+    dying = labelers.Labeler("box", "box, but its worker is killed on one image", ("Box",), label_or_die)
+    monkeypatch.setattr(labelers, "get_labeler", lambda name: dying)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--workers", 2])
+    assert res.exit_code == 1
+    line = error_line(res, "a worker process died (exit", "SIGKILL", "probably out of memory",
+                      "resume with the same command")
+    finished = sorted(p.stem for p in (run / "labels" / "Box").glob("*.png"))
+    reported = int(line.split(" of 4 labels are finished")[0].rsplit(" ", 1)[1])
+    assert victim not in finished and reported <= len(finished) < 4  # the other worker may have written one more
+    monkeypatch.undo()
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(finished)} already finished, {4 - len(finished)} to label" in res.output
+    assert sorted(p.stem for p in (run / "labels" / "Box").glob("*.png")) == sorted(ids)
