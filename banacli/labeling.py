@@ -411,6 +411,55 @@ def _decide_manifest(path: Path, manifest: dict, force: bool, rank: int, world: 
     return bool(value)
 
 
+def available_memory(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process can still get: MemAvailable, or less under a cgroup v2 memory limit;
+    None where neither can be read (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path(cgroup_root, "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path(cgroup_root, "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def worker_warnings(workers: int, cores: int, per_worker: int | None, available: int | None) -> list[str]:
+    """Warning lines when ``workers`` exceed the cores this process may use, or need more memory
+    (``per_worker`` bytes each) than is ``available``. Each worker is a process of its own with
+    torch and (labels.features=workers) its own copy of the classifier, so extra workers on busy
+    cores only cost memory and turns: docs/performance.md has the measurements."""
+    lines = []
+    if workers > cores:
+        lines.append(f"warning: gen-labels: --workers {workers} but this process may use {cores} CPU core(s); "
+                     f"the extra workers only take turns on them, each holding its own torch and classifier in "
+                     f"memory, which makes the run slower, not faster; --workers {cores} is the fastest")
+    if per_worker and available is not None and workers * per_worker > available:
+        fit = max(1, available // per_worker)
+        lines.append(f"warning: gen-labels: --workers {workers} would need about {workers * per_worker / 1e9:.1f} GB "
+                     f"(~{per_worker / 1e9:.2f} GB each) but {available / 1e9:.1f} GB are available; the system may "
+                     f"swap or kill workers; use --workers {min(fit, workers)} or a lower data.max_side")
+    return lines
+
+
+def _worker_memory(largest_pixels: int, num_classes: int) -> int | None:
+    """Bytes one worker is expected to hold: what this process holds now (torch, the dataset and the
+    classifier: a worker imports and loads the same) plus one image's working set (the first
+    convolutions' activations, ~512 B/px, and DenseCRF's class maps, ~12 B/px per class)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return int(here + largest_pixels * (512 + 12 * num_classes))
+
+
 def worker_died(exc: BaseException, *, finished: int, total: int) -> BanaError:
     """One line for joblib's TerminatedWorkerError: a worker killed from outside (SIGKILL is what
     the kernel's OOM killer sends) ends the run, but every label written so far is kept and a
@@ -521,6 +570,13 @@ def label_split(ctx) -> LabelRun:
     cores = available_cores() // max(1, local_world) or 1
     threads = threads_per_worker(cfg.workers, cores)
     use_dask = cfg.backend == "dask"
+    if not use_dask and todo and cfg.workers > 1:  # loky: every worker is a process on this machine
+        largest = max(sizes[i][0] * sizes[i][1] for i in todo)
+        if ctx.config.data.max_side:
+            largest = min(largest, ctx.config.data.max_side ** 2)
+        for line in worker_warnings(cfg.workers, available_cores(threads_env=False) // max(1, local_world) or 1,
+                                    _worker_memory(largest, num_classes), available_memory()):
+            ctx.info(line)
     setup = WorkerSetup(
         labeler=labeler, params=params, out_dirs={k: str(v) for k, v in out_dirs.items()}, viz_dir=str(viz_dir),
         class_names=list(ds.class_names), threads=threads if not use_dask else 1,

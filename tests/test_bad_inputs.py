@@ -794,3 +794,27 @@ def test_21_9_a_worker_killed_like_by_the_oom_killer_is_one_line_and_resume_fini
     assert res.exit_code == 0, res.output
     assert f"{len(finished)} already finished, {4 - len(finished)} to label" in res.output
     assert sorted(p.stem for p in (run / "labels" / "Box").glob("*.png")) == sorted(ids)
+
+
+def test_21_11_workers_beyond_the_cores_or_the_memory_warn(voc, tmp_path, monkeypatch):
+    import banacli.cores as cores
+    import banacli.labeling as labeling
+
+    lines = labeling.worker_warnings(8, 2, per_worker=900 * 2**20, available=4 * 2**30)
+    assert len(lines) == 2
+    assert "--workers 8 but this process may use 2 CPU core(s)" in lines[0] and "--workers 2 is the fastest" in lines[0]
+    assert "would need about 7.5 GB (~0.94 GB each) but 4.3 GB are available" in lines[1]
+    assert "use --workers 4" in lines[1]
+    assert labeling.worker_warnings(2, 2, per_worker=900 * 2**20, available=4 * 2**30) == []
+    assert labeling.worker_warnings(2, 2, per_worker=None, available=None) == []
+
+    real = cores.available_cores
+    monkeypatch.setattr(cores, "available_cores", lambda **kw: 1 if not kw.get("threads_env", True) else real(**kw))
+    monkeypatch.setattr(labeling, "available_memory", lambda: 10 * 2**20)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box", "--workers", 2])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", " ")
+    assert "warning: gen-labels: --workers 2 but this process may use 1 CPU core(s)" in text, text
+    assert "but 0.0 GB are available" in text and "use --workers 1" in text
+    assert len(list((run / "labels" / "Box").glob("*.png"))) == 4  # a warning: the run goes on
