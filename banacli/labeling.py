@@ -434,7 +434,7 @@ def worker_warnings(workers: int, cores: int, per_worker: int | None, available:
     """Warning lines when ``workers`` exceed the cores this process may use, or need more memory
     (``per_worker`` bytes each) than is ``available``. Each worker is a process of its own with
     torch and (labels.features=workers) its own copy of the classifier, so extra workers on busy
-    cores only cost memory and turns: docs/performance.md has the measurements."""
+    cores only cost memory and turns (measurements in docs/data.md)."""
     lines = []
     if workers > cores:
         lines.append(f"warning: gen-labels: --workers {workers} but this process may use {cores} CPU core(s); "
