@@ -479,6 +479,7 @@ def label_split(ctx) -> LabelRun:
     whole split is done."""
     import torch
     from joblib import Parallel, delayed, parallel_config
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     from banacli.artifacts import remove_stale_temp_files
     from banacli.cores import available_cores, threads_per_worker
@@ -574,8 +575,9 @@ def label_split(ctx) -> LabelRun:
         largest = max(sizes[i][0] * sizes[i][1] for i in todo)
         if ctx.config.data.max_side:
             largest = min(largest, ctx.config.data.max_side ** 2)
+        per_worker = _worker_memory(largest, num_classes) if placement != "main" else None  # main: no model there
         for line in worker_warnings(cfg.workers, available_cores(threads_env=False) // max(1, local_world) or 1,
-                                    _worker_memory(largest, num_classes), available_memory()):
+                                    per_worker, available_memory()):
             ctx.info(line)
     setup = WorkerSetup(
         labeler=labeler, params=params, out_dirs={k: str(v) for k, v in out_dirs.items()}, viz_dir=str(viz_dir),
@@ -605,9 +607,7 @@ def label_split(ctx) -> LabelRun:
             for image_id in runner(tasks()):
                 labelled.append(image_id)
                 prog.update(task_id, advance=1, status=image_id)
-    except Exception as exc:  # noqa: BLE001 - only a dead worker is turned into a line; the rest re-raise
-        if type(exc).__name__ != "TerminatedWorkerError":
-            raise
+    except TerminatedWorkerError as exc:
         raise worker_died(exc, finished=done + len(labelled), total=len(mine)) from None
     finally:
         _WORKER.pop("classifier", None)  # a later stage in this process (bana demo) must not keep it
