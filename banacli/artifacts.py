@@ -56,14 +56,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _as_os_error(exc: BaseException, path: Path) -> OSError | None:
-    """An I/O failure of a writer (an OSError without a file name, or a library error whose text
-    carries an errno, as safetensors' "os error 28") as an OSError naming ``path``; else None."""
+    """An I/O failure of a writer (an OSError without a file name, with or without an errno, or a
+    library error whose text carries an errno, as safetensors' "os error 28") as an OSError
+    naming ``path``; else None."""
     import errno as _errno
     import re
 
     if isinstance(exc, OSError):
-        if exc.filename is not None or exc.errno is None:
+        if exc.filename is not None:
             return None
+        if exc.errno is None:  # e.g. PIL's "broken data stream when writing image file"
+            return OSError(None, str(exc) or type(exc).__name__, str(path))
         return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
     if not isinstance(exc, Exception):
         return None
@@ -158,10 +161,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip, pickle, safetensors and I/O errors all end here
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # torch names the global it refused: "Unsupported global: GLOBAL mod.Name" for an allowed
+        # module, "unsupported GLOBAL posix.system whose module posix is blocked" (torch 2.14) otherwise
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.IGNORECASE)
         if found:
-            raise ArtifactError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
-                                "refused (checkpoints are read with torch.load(weights_only=True))") from None
+            raise ArtifactError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors, "
+                                "which bana will not unpickle or execute; refused (checkpoints are read with "
+                                "torch.load(weights_only=True))") from None
         if isinstance(exc, pickle.UnpicklingError):
             if _starts_like_pickle(path):
                 raise ArtifactError(f"{path}: holds pickled Python objects, which bana will not execute; "

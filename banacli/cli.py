@@ -106,6 +106,7 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
     if values.get("data") is not None:
         overrides.setdefault("data", {})["root"] = str(values["data"])
     held = contextlib.ExitStack()  # the run-directory lock, released however the stage ends
+    ctx: StageContext | None = None
     try:
         cfg = resolve_config(model, config_file=values.get("config"), overrides=overrides,
                              sets=[*(values.get("set_") or []), *env_overrides()])
@@ -132,19 +133,22 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
             held.enter_context(stage_lock(ctx.stage_dir, stage.name, getattr(ctx.section, "shard", None)))  # one process per stage and run
         handler = setup_stage_logging(ctx) if main_rank else None
         try:
-            if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):
-                ctx.save_resolved_config()
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))
             ctx.logger.info(configure_threads())
             if env_overrides():
                 ctx.logger.info("%s: %s", OVERRIDES_ENV, " ".join(env_overrides()))
             stage.run(ctx)
+            # RUN/<section>/config.yaml describes what is there: a refused or failed run leaves the
+            # last one as it was. Long stages write it themselves once accepted (writes_own_config).
+            if ctx.run_dir is not None and main_rank and not getattr(stage.run, "writes_own_config", False):
+                ctx.save_resolved_config()
         finally:
             if handler is not None:
                 ctx.logger.removeHandler(handler)
                 handler.close()
     except BanaError as exc:
-        _err.print(f"bana {stage.name}: error: {exc}", markup=False)
+        if not _already_shown(exc, ctx):
+            _err.print(f"bana {stage.name}: error: {exc}", markup=False)
         return exc.exit_code
     except OSError as exc:  # a read-only or full disk, a path that is a file, ...: one line, no traceback
         _err.print(f"bana {stage.name}: error: {os_error_line(exc)}", markup=False)
@@ -155,6 +159,15 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
     finally:
         held.close()
     return 0
+
+
+def _already_shown(exc: BanaError, ctx: StageContext | None) -> bool:
+    """True for a training run stopped by SIGTERM / SIGINT whose stop line the loop has printed
+    already: it prints it through ``banacli.train.log_line_for``, which writes to stderr when that
+    is not a terminal and --quiet is off (on a terminal the progress bar has it, so the host prints it)."""
+    train = sys.modules.get("banacli.train")  # not imported: the error cannot be a training stop
+    return (train is not None and isinstance(exc, train.Stopped) and ctx is not None
+            and not ctx.quiet and not ctx.console.is_terminal)
 
 
 def _make_command(stage: Stage, model: type[BaseModel]):

@@ -56,8 +56,9 @@ def _env_threads() -> int | None:
     return n if n > 0 else None
 
 
-def available_cores(*, cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
-    """Cores this process may use: min(affinity mask, cgroup quota rounded up, OMP_NUM_THREADS), >= 1."""
+def available_cores(*, cgroup_root: str | os.PathLike = "/sys/fs/cgroup", threads_env: bool = True) -> int:
+    """Cores this process may use: min(affinity mask, cgroup quota rounded up, OMP_NUM_THREADS), >= 1.
+    ``threads_env=False`` leaves OMP_NUM_THREADS out (it limits threads, not processes)."""
     limits = []
     try:
         limits.append(len(os.sched_getaffinity(0)))
@@ -66,7 +67,7 @@ def available_cores(*, cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int
     quota = cgroup_cpu_limit(cgroup_root)
     if quota is not None:
         limits.append(max(1, math.ceil(quota)))
-    env = _env_threads()
+    env = _env_threads() if threads_env else None
     if env is not None:
         limits.append(env)
     return max(1, min(limits))

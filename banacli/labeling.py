@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from banacli.errors import ArtifactError, ConfigError
+from banacli.errors import ArtifactError, BanaError, ConfigError
 
 __all__ = [
     "FEATURE_BATCH",
@@ -305,7 +305,14 @@ def _check_manifest(path: Path, manifest: dict[str, Any], force: bool) -> bool:
         return True
     if force:
         return False
-    raise ArtifactError(f"{path}: the labels there were made with a different {', '.join(differs)}; "
+    from banacli.train import config_differences
+
+    def short(values: dict) -> dict:  # sha256 digests: the first 12 hex digits tell them apart
+        return {k: f"{v[:12]}…" if k in ("dataset", "classifier_sha256") and isinstance(v, str) else v
+                for k, v in values.items() if k in differs}
+
+    named = config_differences(short(old), short(manifest), before="labels")
+    raise ArtifactError(f"{path}: the labels there were made with a different {'; '.join(named)}; "
                         "use --force to relabel everything, or another --run directory")
 
 
@@ -404,11 +411,75 @@ def _decide_manifest(path: Path, manifest: dict, force: bool, rank: int, world: 
     return bool(value)
 
 
+def available_memory(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process can still get: MemAvailable, or less under a cgroup v2 memory limit;
+    None where neither can be read (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path(cgroup_root, "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path(cgroup_root, "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def worker_warnings(workers: int, cores: int, per_worker: int | None, available: int | None) -> list[str]:
+    """Warning lines when ``workers`` exceed the cores this process may use, or need more memory
+    (``per_worker`` bytes each) than is ``available``. Each worker is a process of its own with
+    torch and (labels.features=workers) its own copy of the classifier, so extra workers on busy
+    cores only cost memory and turns (measurements in docs/data.md)."""
+    lines = []
+    if workers > cores:
+        lines.append(f"warning: gen-labels: --workers {workers} but this process may use {cores} CPU core(s); "
+                     f"the extra workers only take turns on them, each holding its own torch and classifier in "
+                     f"memory, which makes the run slower, not faster; --workers {cores} is the fastest")
+    if per_worker and available is not None and workers * per_worker > available:
+        fit = max(1, available // per_worker)
+        lines.append(f"warning: gen-labels: --workers {workers} would need about {workers * per_worker / 1e9:.1f} GB "
+                     f"(~{per_worker / 1e9:.2f} GB each) but {available / 1e9:.1f} GB are available; the system may "
+                     f"swap or kill workers; use --workers {min(fit, workers)} or a lower data.max_side")
+    return lines
+
+
+def _worker_memory(largest_pixels: int, num_classes: int) -> int | None:
+    """Bytes one worker is expected to hold: what this process holds now (torch, the dataset and the
+    classifier: a worker imports and loads the same) plus one image's working set (the first
+    convolutions' activations, ~512 B/px, and DenseCRF's class maps, ~12 B/px per class)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return int(here + largest_pixels * (512 + 12 * num_classes))
+
+
+def worker_died(exc: BaseException, *, finished: int, total: int) -> BanaError:
+    """One line for joblib's TerminatedWorkerError: a worker killed from outside (SIGKILL is what
+    the kernel's OOM killer sends) ends the run, but every label written so far is kept and a
+    rerun of the same command labels only the rest."""
+    import re
+
+    codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
+    how = f" (exit {codes.group(1)})" if codes else ""
+    oom = ", probably out of memory" if not codes or "SIGKILL" in codes.group(1) else ""
+    return BanaError(f"gen-labels: a worker process died{how}{oom}; {finished} of {total} labels are finished "
+                     "and kept; resume with the same command (fewer --workers or a lower data.max_side need "
+                     "less memory)")
+
+
 def label_split(ctx) -> LabelRun:
     """Label this process's part of the split (skipping finished images) and say whether the
     whole split is done."""
     import torch
     from joblib import Parallel, delayed, parallel_config
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     from banacli.artifacts import remove_stale_temp_files
     from banacli.cores import available_cores, threads_per_worker
@@ -456,15 +527,20 @@ def label_split(ctx) -> LabelRun:
         for d in [*out_dirs.values(), viz_dir]:
             if d.is_dir():
                 remove_stale_temp_files(d)
+    mine = part_indices(len(ds), shard, rank, world)
+    sizes = {}
+    for i in mine:  # every image of this part is readable before the manifest or config changes
+        w, h = check_image(ds.image_path(ds.ids[i]))
+        sizes[i] = (h, w)
     keep = _decide_manifest(out_root / f"{labeler.name}.manifest.json", manifest, cfg.force, rank, world)
     if rank == 0:
         from banacli.outputs import write_skipped
 
+        ctx.save_resolved_config()  # only now that the run is accepted: beside the labels it makes
         write_skipped(out_root, labeler.name, ds.skipped)  # lets train-seg tell skipped from missing
     for d in [*out_dirs.values(), *([viz_dir] if cfg.viz else [])]:
         d.mkdir(parents=True, exist_ok=True)
 
-    mine = part_indices(len(ds), shard, rank, world)
     if shard[1] > 1:  # a killed earlier run of this shard: only its own images' temp files (the
         # other shards may be writing theirs now; the shard lock keeps this shard's twin out)
         own = {f"{ds.ids[i]}.png" for i in mine}
@@ -472,11 +548,6 @@ def label_split(ctx) -> LabelRun:
             if d.is_dir():
                 remove_stale_temp_files(d, own)
     viz_ids = set(ds.ids[: cfg.viz])
-
-    sizes = {}
-    for i in mine:  # every image of this part is readable before any work starts
-        w, h = check_image(ds.image_path(ds.ids[i]))
-        sizes[i] = (h, w)
 
     def needs_work(i: int) -> bool:
         image_id = ds.ids[i]
@@ -500,6 +571,14 @@ def label_split(ctx) -> LabelRun:
     cores = available_cores() // max(1, local_world) or 1
     threads = threads_per_worker(cfg.workers, cores)
     use_dask = cfg.backend == "dask"
+    if not use_dask and todo and cfg.workers > 1:  # loky: every worker is a process on this machine
+        largest = max(sizes[i][0] * sizes[i][1] for i in todo)
+        if ctx.config.data.max_side:
+            largest = min(largest, ctx.config.data.max_side ** 2)
+        per_worker = _worker_memory(largest, num_classes) if placement != "main" else None  # main: no model there
+        for line in worker_warnings(cfg.workers, available_cores(threads_env=False) // max(1, local_world) or 1,
+                                    per_worker, available_memory()):
+            ctx.info(line)
     setup = WorkerSetup(
         labeler=labeler, params=params, out_dirs={k: str(v) for k, v in out_dirs.items()}, viz_dir=str(viz_dir),
         class_names=list(ds.class_names), threads=threads if not use_dask else 1,
@@ -528,6 +607,8 @@ def label_split(ctx) -> LabelRun:
             for image_id in runner(tasks()):
                 labelled.append(image_id)
                 prog.update(task_id, advance=1, status=image_id)
+    except TerminatedWorkerError as exc:
+        raise worker_died(exc, finished=done + len(labelled), total=len(mine)) from None
     finally:
         _WORKER.pop("classifier", None)  # a later stage in this process (bana demo) must not keep it
         _WORKER.pop("classifier_key", None)

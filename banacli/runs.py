@@ -63,9 +63,19 @@ RUNTIME_KEYS = {"resume", "checkpoint_every", "log_every", "loader_workers", "wo
 
 def config_digest(cfg: Any, sections: tuple[str, ...]) -> dict[str, Any]:
     """The parts of the resolved config that determine a stage's result (for resume checks):
-    the named sections without keys that only affect how the work runs (resume, workers, ...)."""
+    the named sections without keys that only affect how the work runs (resume, workers, ...).
+    ``data.root`` is the resolved path, so ``--data D`` and ``--data /abs/path/D`` are one dataset."""
     dumped = cfg.model_dump(mode="json")
-    return {s: {k: v for k, v in dumped[s].items() if k not in RUNTIME_KEYS} for s in sections}
+    return resolve_data_root({s: {k: v for k, v in dumped[s].items() if k not in RUNTIME_KEYS} for s in sections})
+
+
+def resolve_data_root(digest: dict[str, Any]) -> dict[str, Any]:
+    """``digest`` with ``data.root`` made absolute and free of links and ``..`` (a copy; unchanged
+    without one). Also applied to digests saved before bana resolved the root, which hold it as typed."""
+    root = (digest.get("data") or {}).get("root") if isinstance(digest, dict) else None
+    if not isinstance(root, str):
+        return digest
+    return {**digest, "data": {**digest["data"], "root": str(Path(root).expanduser().resolve())}}
 
 
 def model_path(run_dir: Path, section: str) -> Path:

@@ -285,15 +285,16 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: dict, now: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
-    """'key (checkpoint A, now B)' for every flattened key whose value differs."""
+def config_differences(saved: dict, now: dict, *, ignore: tuple[str, ...] = (), before: str = "checkpoint") -> list[str]:
+    """'key (checkpoint A, now B)' for every flattened key whose value differs (``before`` names
+    what holds the saved values)."""
     a, b = _flatten(saved), _flatten(now)
     out = []
     for key in sorted(set(a) | set(b)):
         if key.rsplit(".", 1)[-1] in ignore:
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
-            out.append(f"{key} (checkpoint {a.get(key, '<unset>')!r}, now {b.get(key, '<unset>')!r})")
+            out.append(f"{key} ({before} {a.get(key, '<unset>')!r}, now {b.get(key, '<unset>')!r})")
     return out
 
 
@@ -320,6 +321,10 @@ def _check_restart(ckpt: Path, *, resume: bool, force: bool, iterations: int, co
                         "continue it, --force to start again from iteration 0, or use another --run")
     state = read_checkpoint_state(ckpt)
     saved = state.get("meta", {}).get("config")
+    if saved is not None:
+        from banacli.runs import resolve_data_root
+
+        saved = resolve_data_root(saved)  # a checkpoint of an older bana holds data.root as typed
     if config_meta is not None and saved is not None and saved != config_meta:
         diff = config_differences(saved, config_meta, ignore=("iterations",))
         if diff:

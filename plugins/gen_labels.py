@@ -113,6 +113,9 @@ def print_report(ctx: StageContext, report: dict[str, Any]) -> None:
     ctx.console.print(ft)
 
 
+run.writes_own_config = True  # banacli.labeling writes config.yaml once the run is accepted (cli.run_stage)
+
+
 stage = Stage(
     name="gen-labels",
     help="Generate pseudo labels Ycrf and Yret (or a baseline labeler's) for the training split (writes RUN/labels/).",

@@ -24,6 +24,7 @@ from banacli.config import Section
 from banacli.stage import Stage, StageContext
 
 OVERLAY_SUFFIX = "_overlay.jpg"
+JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side of a JPEG (JPEG_MAX_DIMENSION)
 
 
 class PredictConfig(Section):
@@ -63,6 +64,19 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
             raise DataError(f"{f}: same name as {seen[f.stem]}; both would write {f.stem}.png")
         seen[f.stem] = f
     return list(dict.fromkeys(files))
+
+
+def overlay_fits(ctx: StageContext, path: Path, image: np.ndarray) -> bool:
+    """``predict.overlay`` for this image: False, with a line naming the file, when the image is
+    too large for a JPEG (more than 65500 px a side); its mask is written all the same."""
+    if not ctx.section.overlay:
+        return False
+    h, w = image.shape[:2]
+    if max(h, w) <= JPEG_MAX_SIDE:
+        return True
+    ctx.info(f"{path}: {w}x{h} image is too large for a JPEG picture (at most {JPEG_MAX_SIDE} px a side); "
+             f"{path.stem}{OVERLAY_SUFFIX} not written, the mask {path.stem}.png is")
+    return False
 
 
 def refine(image: np.ndarray, probs: np.ndarray, params: Any) -> np.ndarray:
@@ -136,6 +150,7 @@ def run(ctx: StageContext) -> None:
             if image is None:
                 prog.advance(task)  # prog and task exist by the time the generator runs
                 continue
+            with_overlay = overlay_fits(ctx, f, image)
             full = None
             hw = reduced_size(*image.shape[:2], ctx.config.data.max_side)
             if hw != image.shape[:2]:
@@ -144,25 +159,25 @@ def run(ctx: StageContext) -> None:
                          f"(data.max_side={ctx.config.data.max_side}); the mask is written at full size")
             x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
             probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
-            yield f.stem, image, probs, full
+            yield f.stem, image, probs, full, with_overlay
 
     written = 0
     with ctx.progress() as prog:
         task = prog.add_task("predict", total=len(files), status="")
         if params is None or cfg.workers == 1:
-            for image_id, image, probs, full in predictions():
+            for image_id, image, probs, full, with_overlay in predictions():
                 mask = (probs.argmax(0).to(torch.uint8).cpu().numpy() if params is None
                         else refine(image, probs.cpu().numpy(), params))
                 del probs
-                write_outputs(out, image_id, image, mask, cfg.overlay, full)
+                write_outputs(out, image_id, image, mask, with_overlay, full)
                 written += 1
                 prog.advance(task)
         else:
             from joblib import Parallel, delayed
 
             # the network runs here; CRF and writing run in the workers, pulled lazily
-            tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, cfg.overlay, full)
-                     for i, im, p, full in predictions())
+            tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, with_overlay, full)
+                     for i, im, p, full, with_overlay in predictions())
             for _ in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
                 written += 1
                 prog.advance(task)
@@ -186,7 +201,7 @@ def run_instances(ctx: StageContext, files: list[Path], device) -> None:
                 prog.advance(task)
                 continue
             inst = predict_instances(model, image, score_threshold=ctx.config.inst.score_threshold)
-            write_instance_prediction(out, f.stem, image, inst, meta["class_names"], overlay=cfg.overlay)
+            write_instance_prediction(out, f.stem, image, inst, meta["class_names"], overlay=overlay_fits(ctx, f, image))
             written, found = written + 1, found + len(inst)
             prog.advance(task)
     _report(ctx, f"{found} instances in {written} image{'s' if written != 1 else ''} written to {out}", skipped)

@@ -174,6 +174,7 @@ def run(ctx: StageContext) -> None:
                 lr_factor=lambda it: lr_factor(it, warmup=cfg.warmup, steps=cfg.lr_steps), iterations=cfg.iterations,
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                 resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None, config_meta=meta,
+                on_start=ctx.save_resolved_config,
             )
         seconds = time.perf_counter() - t0
         from bana_plugins.train_cls import _gather, _state_digest
@@ -199,6 +200,9 @@ def run(ctx: StageContext) -> None:
             ctx.info(f"train-inst: final loss {final:.4f}; wrote {out}")
     finally:
         shutdown_distributed(info)
+
+
+run.writes_own_config = True  # config.yaml is written once training starts (cli.run_stage)
 
 
 stage = Stage(

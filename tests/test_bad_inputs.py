@@ -441,3 +441,380 @@ def test_1_overlay_in_bands_equals_the_whole_overlay():
     mask = np.random.default_rng(2).integers(0, 4, (70, 40)).astype(np.uint8)
     mask[0, 0] = 255
     assert np.array_equal(overlay_in_rows(image, mask, overlay, rows=16), overlay(image, mask))
+
+
+# ============================================================================= issue 21
+
+@pytest.fixture
+def coco(tmp_path) -> Path:
+    from banacli.data.synth_coco import generate_coco
+
+    root = tmp_path / "coco"
+    generate_coco(root, images=3, size=48, seed=5)
+    return root
+
+
+def _coco_json(root: Path) -> tuple[Path, dict]:
+    path = root / "annotations" / "instances_train.json"
+    return path, json.loads(path.read_text())
+
+
+def test_21_1_coco_images_sharing_an_id_are_refused_naming_both(coco, tmp_path):
+    path, data = _coco_json(coco)
+    first, second = data["images"][0], data["images"][1]
+    second_boxes = [a["bbox"] for a in data["annotations"] if a["image_id"] == second["id"]]
+    assert second_boxes and second_boxes != [a["bbox"] for a in data["annotations"] if a["image_id"] == first["id"]]
+    for a in data["annotations"]:
+        if a["image_id"] == second["id"]:
+            a["image_id"] = first["id"]
+    second["id"] = first["id"]
+    path.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", coco, "--run", run, *BOX])
+    assert res.exit_code == 1
+    error_line(res, str(path), f"({first['file_name']})", f"({second['file_name']})", f"both have id {first['id']}")
+    assert not list(run.rglob("*.png"))
+    res = invoke(["gen-labels", "--data", coco, "--run", run, *BOX, "--set", "data.on_error=skip"])
+    assert res.exit_code == 1  # not an image to skip: the file itself is ambiguous
+    error_line(res, "both have id")
+
+
+def test_21_7_annotations_naming_no_image_are_counted_and_reported(coco, tmp_path):
+    path, data = _coco_json(coco)
+    extra = dict(data["annotations"][0], id=9001, image_id=4242)
+    data["annotations"] += [extra, dict(extra, id=9002)]
+    path.write_text(json.dumps(data))
+    res = invoke(["gen-labels", "--data", coco, "--run", tmp_path / "run", "--method", "box"])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", "")
+    assert f"warning: {path}: 2 annotation(s) name no image" in text, text
+    assert "annotation 9001 -> image_id 4242" in text and "they are ignored" in text
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../../outside.jpg", "sub/../../../outside.jpg"])
+def test_21_10_a_coco_file_name_cannot_leave_the_dataset(coco, tmp_path, name):
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes((coco / "train" / "000000.jpg").read_bytes())
+    path, data = _coco_json(coco)
+    data["images"][1]["file_name"] = name
+    path.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", coco, "--run", run, *BOX])
+    assert res.exit_code == 1
+    error_line(res, str(path), f"file_name {name!r} points outside", "under the dataset root")
+    assert not list(run.rglob("*.png"))
+
+
+def test_21_10_file_names_in_subfolders_of_the_dataset_still_work(coco, tmp_path):
+    from banacli.data.coco import COCODataset
+
+    path, data = _coco_json(coco)
+    (coco / "train" / "sub").mkdir()
+    os.replace(coco / "train" / "000001.jpg", coco / "train" / "sub" / "000001.jpg")
+    data["images"][1]["file_name"] = "sub/000001.jpg"
+    (coco / "val").mkdir()
+    os.replace(coco / "train" / "000002.jpg", coco / "val" / "000002.jpg")
+    data["images"][2]["file_name"] = "../val/000002.jpg"  # under ROOT: allowed
+    path.write_text(json.dumps(data))
+    ds = COCODataset(coco, "train")
+    assert [ds.load(i).image.shape for i in range(3)] == [(48, 48, 3)] * 3
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("labels:\n  viz: 0\n  workers: 1\n  viz: 2\n", "'viz'", "lines 2 and 4"),
+    ("labels:\n  viz: 0\ndata:\n  on_error: skip\nlabels:\n  workers: 1\n", "'labels'", "lines 1 and 5"),
+    ("labels: {viz: 0, viz: 1}\n", "'viz'", "lines 1 and 1"),
+])
+def test_21_duplicate_keys_in_a_yaml_config_are_refused(voc, tmp_path, text, key, lines):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--config", cfg, *BOX])
+    assert res.exit_code == 2
+    error_line(res, str(cfg), f"key {key} appears twice ({lines})")
+    assert not run.exists()
+
+
+def test_21_yaml_merge_keys_are_not_duplicates(tmp_path):
+    from banacli.config import load_yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("base: &b {viz: 1, workers: 2}\nlabels:\n  <<: *b\n  viz: 3\n")
+    assert load_yaml(cfg)["labels"] == {"viz": 3, "workers": 2}
+
+
+def test_21_2_a_one_pixel_image_trains_flipped_or_not(voc, tmp_path):
+    from banacli.data.transforms import JointAugment
+
+    aug = JointAugment(32, jitter=0, seed=0)
+    for hw in ((1, 1), (40, 1)):  # 1 px wide, before or after scaling
+        image = np.full((*hw, 3), 200, np.uint8)
+        params = dict(aug.sample_params(*hw), flip=True, scaled_hw=hw)
+        out = aug(image, [[0, 0, 1, hw[0]]], [1], {"gt": np.ones(hw, np.uint8)}, params=params)
+        assert out["boxes"].tolist() == [[0.0, 0.0, 1.0, float(min(hw[0], 32))]]
+        assert int(out["valid"].sum()) == min(hw[0], 32) and (out["image"][:, : hw[0], 0] == 200).all()
+    # through train-cls: every image 1x1, so the flips (p = 0.5 each) surely hit one
+    for image_id in ids_of(voc):
+        Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+        (voc / "SegmentationClass" / f"{image_id}.png").unlink()
+        xml = voc / "Annotations" / f"{image_id}.xml"
+        text = xml.read_text()
+        for tag, v in (("xmin", 1), ("ymin", 1), ("xmax", 1), ("ymax", 1), ("width", 1), ("height", 1)):
+            text = "".join(part if i == 0 else f"<{tag}>{v}</{tag}>" + part.split(f"</{tag}>", 1)[1]
+                           for i, part in enumerate(text.split(f"<{tag}>")))
+        xml.write_text(text)
+    res = invoke(["train-cls", "--data", voc, "--run", tmp_path / "run", "--backbone", "tiny", "--set",
+                  "cls.weights=null", "--crop-size", 32, "--batch-size", 4, "--iterations", 2, "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "cls" / "model.safetensors").is_file()
+
+
+class _Payload:
+    """A real attack: unpickling runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import shlex
+
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def test_21_5_a_zip_checkpoint_with_an_os_system_payload_is_never_run_and_named(voc, tmp_path):
+    import torch
+
+    evil, marker = tmp_path / "weights.pt", tmp_path / "pwned"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "x": _Payload(marker)}, evil)
+    assert evil.read_bytes()[:2] == b"PK"  # torch's zip format, not a raw pickle
+    res = invoke(["train-cls", "--data", voc, "--run", tmp_path / "run", "--backbone", "tiny",
+                  "--set", f"cls.weights={evil}", "--iterations", 1, "-q"])
+    assert res.exit_code == 1
+    line = error_line(res, str(evil), f"holds a pickled Python object ({os.system.__module__}.system)",
+                      "will not unpickle")
+    assert "not a PyTorch checkpoint" not in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_21_sigterm_stop_message_is_printed_once(voc, tmp_path, monkeypatch, quiet):
+    import signal
+
+    import banacli.train as train
+
+    real = train.log_line_for
+
+    sent = []
+
+    def stop_after_first_line(ctx):
+        emit = real(ctx)
+
+        def once(message):
+            emit(message)
+            if not sent:
+                sent.append(message)
+                os.kill(os.getpid(), signal.SIGTERM)  # what a batch scheduler sends
+
+        return once
+
+    monkeypatch.setattr(train, "log_line_for", stop_after_first_line)
+    run = tmp_path / "run"
+    res = invoke(["train-cls", "--data", voc, "--run", run, "--backbone", "tiny", "--set", "cls.weights=null",
+                  "--crop-size", 32, "--batch-size", 2, "--iterations", 50, "--log-every", 1,
+                  *(["-q"] if quiet else [])])
+    assert res.exit_code == 143, res.output
+    assert "Traceback" not in res.output
+    assert res.output.count("stopped by SIGTERM at iteration") == 1, res.output
+    assert "--resume" in res.output
+    assert (run / "cls" / "train-cls.log").read_text().count("stopped by SIGTERM") == 1
+
+
+def test_21_3_a_refused_gen_labels_leaves_config_yaml_byte_for_byte(voc, tmp_path):
+    run = tmp_path / "run"
+    assert invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--set", "labels.grid_size=1"]).exit_code == 0
+    config = run / "labels" / "config.yaml"
+    before = config.read_bytes()
+    assert b"grid_size: 1\n" in before
+    labels = snapshot(run / "labels" / "Box")
+
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--set", "labels.grid_size=2"])
+    assert res.exit_code == 1
+    error_line(res, "box.manifest.json", "params.grid_size (labels 1, now 2)", "--force")
+    assert config.read_bytes() == before
+
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--shard", "1/2", "--force",
+                  "--set", "labels.grid_size=2"])
+    assert res.exit_code == 2
+    error_line(res, "--force with --shard")
+    assert config.read_bytes() == before
+
+    ids = ids_of(voc)
+    set_split(voc, [*ids, "../escape"])
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force", "--set", "labels.grid_size=2"])
+    assert res.exit_code == 1
+    error_line(res, "train.txt:5", "holds a path separator")
+    assert config.read_bytes() == before
+    set_split(voc, ids)
+    (voc / "JPEGImages" / f"{ids[3]}.jpg").write_bytes(b"\xff\xd8 broken")  # found before any work
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force", "--set", "labels.grid_size=2"])
+    assert res.exit_code == 1
+    error_line(res, f"{ids[3]}.jpg", "cannot read image")
+    assert config.read_bytes() == before
+    assert json.loads((run / "labels" / "box.manifest.json").read_text())["params"]["grid_size"] == 1
+    assert snapshot(run / "labels" / "Box") == labels
+    # an accepted run writes the config it labels with
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force", "--set", "labels.grid_size=2",
+                  "--set", "data.on_error=skip"])
+    assert res.exit_code == 0, res.output
+    assert b"grid_size: 2\n" in config.read_bytes()
+
+
+def test_21_3_a_refused_predict_leaves_its_config_yaml(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    write_image(tmp_path / "in" / "a.png", random_image(32, 32, 0))
+    assert invoke(["predict", "--run", run, tmp_path / "in", "--out", tmp_path / "out", "-q"]).exit_code == 0
+    config = run / "predict" / "config.yaml"
+    before = config.read_bytes()
+    side = run / "seg" / "model.json"
+    side.write_text(side.read_text().replace('"tau": 20.0', '"tau": 5.0'))
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", tmp_path / "out2", "--no-overlay", "-q"])
+    assert res.exit_code == 1
+    error_line(res, "model.json", "edited after the model was saved")
+    assert config.read_bytes() == before
+
+
+def test_21_4_resume_accepts_the_same_dataset_spelled_another_way(voc, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(voc.parent)
+    run = tmp_path / "run"
+    common = ["--run", run, "--backbone", "tiny", "--set", "cls.weights=null", "--crop-size", 32,
+              "--batch-size", 2, "--checkpoint-every", 1, "-q"]
+    assert invoke(["train-cls", "--data", voc.name, *common, "--iterations", 1]).exit_code == 0
+    res = invoke(["train-cls", "--data", voc.parent / ".." / voc.parent.name / voc.name, *common,
+                  "--iterations", 2, "--resume"])
+    assert res.exit_code == 0, res.output
+    other = tmp_path / "voc-copy"
+    shutil.copytree(voc, other)
+    res = invoke(["train-cls", "--data", other, *common, "--iterations", 3, "--resume"])
+    assert res.exit_code == 1
+    error_line(res, "checkpoint was written with a different config",
+               f"data.root (checkpoint {str(voc.resolve())!r}, now {str(other.resolve())!r})")
+
+
+def test_21_4_a_root_saved_as_typed_compares_resolved(tmp_path, monkeypatch):
+    from banacli.runs import resolve_data_root
+
+    monkeypatch.chdir(tmp_path)
+    saved = {"data": {"root": "voc", "train_split": "train"}, "cls": {"lr": 0.1}}
+    assert resolve_data_root(saved) == {"data": {"root": str(tmp_path.resolve() / "voc"), "train_split": "train"},
+                                        "cls": {"lr": 0.1}}
+    assert saved["data"]["root"] == "voc"  # a copy
+    assert resolve_data_root({"inst": {}}) == {"inst": {}}
+
+
+def test_21_6_skip_leaves_out_a_jpeg_cut_short_with_an_end_marker(voc, tmp_path, coco):
+    from banacli.data.coco import COCODataset
+    from banacli.data.voc import check_image
+
+    cut_id = ids_of(voc)[1]
+    data = _jpeg(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    cut = data[: len(data) // 2] + b"\xff\xd9"
+    (voc / "JPEGImages" / f"{cut_id}.jpg").write_bytes(cut)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box", "--set", "data.on_error=skip"])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", "")
+    assert "skipped 1 of 4" in text and f"{cut_id}.jpg: JPEG data is cut short" in text
+    assert sorted(p.stem for p in (run / "labels" / "Box").glob("*.png")) == sorted(set(ids_of(voc)) - {cut_id})
+    # the COCO reader's skip check is the same
+    (coco / "train" / "000001.jpg").write_bytes(cut)
+    ds = COCODataset(coco, "train", on_error="skip")
+    assert "000001" not in ds.ids and "cut short" in ds.skipped[0][1]
+    # whole images, with or without a flat corner, pass the check
+    arr = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    arr[16:, 16:] = 128
+    for whole in (data, _jpeg(arr)):
+        (tmp_path / "whole.jpg").write_bytes(whole)
+        assert check_image(tmp_path / "whole.jpg", scan=True) == (48, 48)
+
+
+def test_21_8_predict_on_an_image_too_wide_for_a_jpeg_writes_the_mask_and_names_the_file(tmp_path):
+    run = make_seg_run(tmp_path / "run")
+    wide = write_image(tmp_path / "in" / "wide.png", np.full((48, 65535, 3), 90, np.uint8))
+    write_image(tmp_path / "in" / "small.png", random_image(32, 32, 0))
+    out = tmp_path / "out"
+    res = invoke(["predict", "--run", run, tmp_path / "in", "--out", out])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", "")
+    assert f"{wide}: 65535x48 image is too large for a JPEG picture" in text, text
+    assert "wide_overlay.jpg not written, the mask wide.png is" in text
+    assert load_label_png(out / "wide.png").shape == (48, 65535)
+    assert not (out / "wide_overlay.jpg").exists() and not list(out.glob(".*.tmp"))
+    with Image.open(out / "small_overlay.jpg") as im:
+        assert im.size == (32, 32)
+
+
+def test_21_8_a_writer_error_without_a_file_name_is_named_after_the_file(tmp_path):
+    from banacli.artifacts import atomic_path
+    from banacli.errors import os_error_line
+
+    with pytest.raises(OSError) as err:
+        with atomic_path(tmp_path / "x_overlay.jpg"):
+            raise OSError("broken data stream when writing image file")
+    assert os_error_line(err.value) == f"{tmp_path / 'x_overlay.jpg'}: broken data stream when writing image file"
+    assert not list(tmp_path.iterdir())
+
+
+def test_21_9_a_worker_killed_like_by_the_oom_killer_is_one_line_and_resume_finishes(voc, tmp_path, monkeypatch):
+    import signal
+
+    import banacli.labelers as labelers
+
+    ids = ids_of(voc)
+    victim = ids[2]
+
+    def label_or_die(task):  # a closure: cloudpickle sends it by value to the loky workers
+        if task.image_id == victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return labelers.BOX.label(task)
+
+    dying = labelers.Labeler("box", "box, but its worker is killed on one image", ("Box",), label_or_die)
+    monkeypatch.setattr(labelers, "get_labeler", lambda name: dying)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--workers", 2])
+    assert res.exit_code == 1
+    line = error_line(res, "a worker process died (exit", "SIGKILL", "probably out of memory",
+                      "resume with the same command")
+    finished = sorted(p.stem for p in (run / "labels" / "Box").glob("*.png"))
+    reported = int(line.split(" of 4 labels are finished")[0].rsplit(" ", 1)[1])
+    assert victim not in finished and reported <= len(finished) < 4  # the other worker may have written one more
+    monkeypatch.undo()
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(finished)} already finished, {4 - len(finished)} to label" in res.output
+    assert sorted(p.stem for p in (run / "labels" / "Box").glob("*.png")) == sorted(ids)
+
+
+def test_21_11_workers_beyond_the_cores_or_the_memory_warn(voc, tmp_path, monkeypatch):
+    import banacli.cores as cores
+    import banacli.labeling as labeling
+
+    lines = labeling.worker_warnings(8, 2, per_worker=900 * 2**20, available=4 * 2**30)
+    assert len(lines) == 2
+    assert "--workers 8 but this process may use 2 CPU core(s)" in lines[0] and "--workers 2 is the fastest" in lines[0]
+    assert "would need about 7.5 GB (~0.94 GB each) but 4.3 GB are available" in lines[1]
+    assert "use --workers 4" in lines[1]
+    assert labeling.worker_warnings(2, 2, per_worker=900 * 2**20, available=4 * 2**30) == []
+    assert labeling.worker_warnings(2, 2, per_worker=None, available=None) == []
+
+    real = cores.available_cores
+    monkeypatch.setattr(cores, "available_cores", lambda **kw: 1 if not kw.get("threads_env", True) else real(**kw))
+    monkeypatch.setattr(labeling, "available_memory", lambda: 10 * 2**20)
+    run = tmp_path / "run"
+    res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box", "--workers", 2])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", " ")
+    assert "warning: gen-labels: --workers 2 but this process may use 1 CPU core(s)" in text, text
+    assert "but 0.0 GB are available" in text and "use --workers 1" in text
+    assert len(list((run / "labels" / "Box").glob("*.png"))) == 4  # a warning: the run goes on

@@ -29,7 +29,10 @@ Bad input follows the VOC reader's rules: an image without (non-crowd) annotatio
 degenerate box, an unknown category id or a missing image file is a one-line DataError with
 ``data.on_error=raise``, and a counted skip with ``on_error=skip``. Annotations are checked
 when the dataset is opened (the JSON is in memory anyway); image files lazily in ``raise``
-mode, up front in ``skip`` mode.
+mode, up front in ``skip`` mode. Whatever ``on_error`` says, the file is refused when two image
+entries share an ``id`` (pycocotools would give the second the first one's boxes) or when a
+``file_name`` leads out of ROOT and the image folder (absolute, or climbing out with ``..``).
+Annotations whose ``image_id`` names no image are ignored with one warning line that counts them.
 """
 
 from __future__ import annotations
@@ -114,9 +117,18 @@ def load_coco_json(path: Path):
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
         raise DataError(f"{path}: not a COCO instances file (needs 'images' and 'categories' lists)")
     data.setdefault("annotations", [])
+    first_entry: dict[Any, int] = {}
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise DataError(f"{path}: image entry {i + 1} needs 'id' and 'file_name'")
+        try:
+            j = first_entry.setdefault(img["id"], i)
+        except TypeError:  # a list or dict as id
+            raise DataError(f"{path}: image entry {i + 1}: id {img['id']!r} is not a number") from None
+        if j != i:  # pycocotools would give the later entry the earlier one's annotations
+            other = data["images"][j]
+            raise DataError(f"{path}: image entries {j + 1} ({other['file_name']}) and {i + 1} ({img['file_name']}) "
+                            f"both have id {img['id']!r}; image ids must be unique")
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not all(k in ann for k in ("id", "image_id", "category_id", "bbox")):
             raise DataError(f"{path}: annotation entry {i + 1} needs 'id', 'image_id', 'category_id' and 'bbox'")
@@ -190,6 +202,7 @@ class COCODataset(_SampleDataset):
         self._img: dict[str, dict] = {}
         self.coco_ids: dict[str, int] = {}
         for img in sorted(self.coco.dataset["images"], key=lambda d: d["id"]):
+            self._check_inside(img)
             sid = Path(str(img["file_name"])).stem
             if sid in self._img:
                 raise DataError(f"{self.ann_path}: images {self._img[sid]['id']} and {img['id']} share the file "
@@ -199,6 +212,7 @@ class COCODataset(_SampleDataset):
         self.all_ids = list(self._img)
         if not self.all_ids:
             raise DataError(f"{self.ann_path}: no images")
+        self._note_orphans()
         self.skipped: list[tuple[str, str]] = []
         self._parsed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]] = {}
         self.ids: list[str] = []
@@ -221,6 +235,29 @@ class COCODataset(_SampleDataset):
     @property
     def _source(self) -> Path:
         return self.ann_path
+
+    def _check_inside(self, img: dict) -> None:
+        """DataError unless ``file_name`` stays under the dataset root or the image folder (an
+        absolute path or one climbing out with ``..`` could make bana read any file on disk).
+        Decided on the names, not on resolved links, so a dataset whose image folder is a link
+        still works."""
+        name = str(img["file_name"])
+        target = os.path.normpath(self.image_dir / name)
+        for top in {os.path.normpath(self.root), os.path.normpath(self.image_dir)}:
+            if target.startswith(top.rstrip(os.sep) + os.sep):
+                return
+        raise DataError(f"{self.ann_path}: image {img['id']}: file_name {name!r} points outside {self.image_dir}; "
+                        f"images must lie under the dataset root {self.root} (or the folder data.images names)")
+
+    def _note_orphans(self) -> None:
+        """A warning in ``notes`` for annotations whose ``image_id`` names no image: they are ignored."""
+        known = {img["id"] for img in self._img.values()}
+        orphans = [a for a in self.coco.dataset["annotations"] if a["image_id"] not in known]
+        if orphans:
+            shown = ", ".join(f"annotation {a['id']} -> image_id {a['image_id']!r}" for a in orphans[:3])
+            more = f", … ({len(orphans)} in all)" if len(orphans) > 3 else ""
+            self.notes.append(f"warning: {self.ann_path}: {len(orphans)} annotation(s) name no image of the file "
+                              f"({shown}{more}); they are ignored")
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / str(self._img[image_id]["file_name"])
@@ -280,7 +317,7 @@ class COCODataset(_SampleDataset):
         if how == "decode":
             h, w = read_image(path).shape[:2]
         else:
-            w, h = check_image(path)
+            w, h = check_image(path, scan=True)
         size = self._size(sid)
         if size is not None and size != (w, h):
             raise DataError(f"{path}: image is {w}x{h} but {self.ann_path} says {size[0]}x{size[1]}")

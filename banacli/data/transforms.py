@@ -164,7 +164,9 @@ class JointAugment:
 
         # horizontal flip
         if p["flip"]:
-            image = image[:, ::-1]
+            # a copy, not a view: numpy calls a reversed 1-px-wide view contiguous, so
+            # ascontiguousarray keeps its negative stride, which torch.from_numpy refuses
+            image = image[:, ::-1].copy()
             masks = {k: m[:, ::-1] for k, m in masks.items()}
             boxes = np.stack([nw - boxes[:, 2], boxes[:, 1], nw - boxes[:, 0], boxes[:, 3]], axis=1)
 
