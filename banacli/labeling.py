@@ -305,7 +305,7 @@ def _check_manifest(path: Path, manifest: dict[str, Any], force: bool) -> bool:
         return True
     if force:
         return False
-    from banacli.train import config_differences
+    from banacli.engine.checkpoint import config_differences
 
     def short(values: dict) -> dict:  # sha256 digests: the first 12 hex digits tell them apart
         return {k: f"{v[:12]}…" if k in ("dataset", "classifier_sha256") and isinstance(v, str) else v
@@ -378,7 +378,7 @@ def _dask_client(cfg):
 
 def _distributed(ctx):
     """(rank, world, local_world, device) under torchrun, else (0, 1, 1, device)."""
-    from banacli.train import init_distributed, resolve_device
+    from banacli.engine.dist import init_distributed, resolve_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, 1, resolve_device(ctx.device)

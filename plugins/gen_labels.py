@@ -32,7 +32,7 @@ def run(ctx: StageContext) -> None:
                 print_report(ctx, report)
     finally:
         if done.world > 1:
-            from banacli.train import DistInfo, shutdown_distributed
+            from banacli.engine.dist import DistInfo, shutdown_distributed
 
             shutdown_distributed(DistInfo(rank=done.rank, world=done.world))
 

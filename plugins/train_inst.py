@@ -3,7 +3,7 @@ mask loss on the reliable region S only (paper Sec. 4.3, Table 6). Reads RUN/lab
 dataset's SegmentationObject PNGs with ``inst.targets=gt``), writes RUN/inst/.
 
 Targets and the loss: :mod:`banacli.instseg`. Training machinery (seeded batches, resume,
-torchrun DDP, progress, checkpoints) is the one of train-cls / train-seg (:mod:`banacli.train`).
+torchrun DDP, progress, checkpoints) is the one of train-cls / train-seg (:mod:`banacli.engine`).
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ def run(ctx: StageContext) -> None:
     from banacli.instseg import build_mask_rcnn, inst_arch
     from banacli.models.normalize import TORCHVISION
     from banacli.runs import config_digest, dataset_digest, open_dataset
-    from banacli.train import init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, train_loop, wrap_ddp
+    from banacli.engine import (
+        LoopSpec, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, train_loop, wrap_ddp,
+    )
 
     cfg: InstConfig = ctx.section
     data = ctx.config.data
@@ -169,13 +171,13 @@ def run(ctx: StageContext) -> None:
         meta["inst"].pop("score_threshold", None)  # inference only
         t0 = time.perf_counter()
         with ctx.progress() as prog:
-            result = train_loop(
+            result = train_loop(LoopSpec(
                 model=net, optimizer=optimizer, batches=batches, step=step,
                 lr_factor=lambda it: lr_factor(it, warmup=cfg.warmup, steps=cfg.lr_steps), iterations=cfg.iterations,
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                 resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None, config_meta=meta,
                 on_start=ctx.save_resolved_config,
-            )
+            ))
         seconds = time.perf_counter() - t0
         from bana_plugins.train_cls import _gather, _state_digest
 

@@ -600,9 +600,9 @@ def test_21_5_a_zip_checkpoint_with_an_os_system_payload_is_never_run_and_named(
 def test_21_sigterm_stop_message_is_printed_once(voc, tmp_path, monkeypatch, quiet):
     import signal
 
-    import banacli.train as train
+    import banacli.engine as engine
 
-    real = train.log_line_for
+    real = engine.log_line_for
 
     sent = []
 
@@ -617,7 +617,7 @@ def test_21_sigterm_stop_message_is_printed_once(voc, tmp_path, monkeypatch, qui
 
         return once
 
-    monkeypatch.setattr(train, "log_line_for", stop_after_first_line)
+    monkeypatch.setattr(engine, "log_line_for", stop_after_first_line)
     run = tmp_path / "run"
     res = invoke(["train-cls", "--data", voc, "--run", run, "--backbone", "tiny", "--set", "cls.weights=null",
                   "--crop-size", 32, "--batch-size", 2, "--iterations", 50, "--log-every", 1,
