@@ -155,7 +155,7 @@ def _against_instances(run: Path, ds, labels, arrays) -> str:
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from banacli.pseudo_instances import dataset_image_id
+    from banacli.instances.pseudo_masks import dataset_image_id
 
     theirs: dict = {}
     for r in json.loads((run / "labels" / f"instances_{labels.name}.json").read_text()):

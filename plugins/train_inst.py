@@ -2,7 +2,7 @@
 mask loss on the reliable region S only (paper Sec. 4.3, Table 6). Reads RUN/labels/ (or the
 dataset's SegmentationObject PNGs with ``inst.targets=gt``), writes RUN/inst/.
 
-Targets and the loss: :mod:`banacli.instseg`. Training machinery (seeded batches, resume,
+Targets and the loss: :mod:`banacli.instances.maskrcnn`. Training machinery (seeded batches, resume,
 torchrun DDP, progress, checkpoints) is the one of train-cls / train-seg (:mod:`banacli.engine`).
 """
 
@@ -40,7 +40,7 @@ class InstTrainSet:
 
         from banacli.data.palette import load_label_png
         from banacli.errors import DataError
-        from banacli.instseg import gt_instance_targets, pseudo_instance_targets
+        from banacli.instances.targets import gt_instance_targets, pseudo_instance_targets
 
         index, seed = key
         s = self.ds.load(index)
@@ -130,7 +130,7 @@ def run(ctx: StageContext) -> None:
     import torch
 
     from banacli.artifacts import save_model, sha256_file
-    from banacli.instseg import build_mask_rcnn, inst_arch
+    from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch
     from banacli.models.normalize import TORCHVISION
     from banacli.runs import config_digest, dataset_digest, open_dataset
     from banacli.engine import (

@@ -1,7 +1,7 @@
 """Instance segmentation on the pseudo labels: torchvision's Mask R-CNN with the mask loss
 restricted to the reliable region S (paper Sec. 4.3, Table 6).
 
-Targets. Each annotated box gets an instance mask from the pseudo label Ycrf by the one rule of
+Targets (:mod:`banacli.instances.targets`). Each annotated box gets an instance mask from the pseudo label Ycrf by the one rule of
 :func:`banacli.ops.instances.box_instance_masks` (the pixels of the box's class inside the box;
 overlapping boxes of one class: the smallest box wins). The region S is the set of pixels where
 Ycrf and Yret agree (void excluded). With ``inst.targets=gt`` the masks come from VOC
@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from banacli.errors import ArtifactError, BanaError, DataError
+from banacli.artifacts import read_state_dict
+from banacli.errors import ArtifactError, BanaError
 
 INST_BACKBONES = ("resnet50_fpn", "tiny")
 ARCH_KIND = "maskrcnn"
@@ -238,8 +239,6 @@ def _load_local_weights(model: nn.Module, path: str, backbone: str) -> None:
     """A local file: a whole Mask R-CNN (keys ``backbone.body...``; entries whose shape differs,
     e.g. the class-specific predictors of a COCO model, are left at their initialisation) or,
     for resnet50_fpn, a plain ResNet-50 ImageNet state dict."""
-    from banacli.artifacts import read_state_dict
-
     p = Path(path)
     if not p.is_file():
         raise BanaError(f"inst.weights: {p} does not exist (use 'imagenet', a local .pth/.safetensors file, or null)")
@@ -311,39 +310,6 @@ def build_mask_rcnn(
         _load_local_weights(model, str(weights), backbone)
     model.backbone_name = backbone
     return model
-
-
-# ----------------------------------------------------------------------------- targets
-
-
-def pseudo_instance_targets(
-    ycrf: np.ndarray, yret: np.ndarray, boxes: np.ndarray, labels: np.ndarray, *, region: str = "s"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(masks (K, H, W) bool from Ycrf by the box rule, S (H, W) bool or None for ``region="all"``)."""
-    from banacli.ops.instances import box_instance_masks
-
-    masks = box_instance_masks(ycrf, boxes, labels)
-    if region == "all":
-        return masks, None
-    return masks, (ycrf == yret) & (ycrf != 255)
-
-
-def gt_instance_targets(
-    path: Path, n_boxes: int, shape_hw: tuple[int, int], *, region: str = "s"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Masks from a VOC SegmentationObject PNG (instance k+1 = box k); S = non-void pixels."""
-    from banacli.data.palette import load_label_png
-
-    if not path.is_file():
-        raise DataError(f"{path}: instance mask not found (inst.targets=gt needs SegmentationObject/ID.png)")
-    obj = load_label_png(path)
-    if obj.shape != tuple(shape_hw):
-        raise DataError(f"{path}: mask is {obj.shape[1]}x{obj.shape[0]}, image is {shape_hw[1]}x{shape_hw[0]}")
-    ids = np.unique(obj[(obj != 0) & (obj != 255)])
-    if ids.size and int(ids.max()) > n_boxes:
-        raise DataError(f"{path}: instance {int(ids.max())} but the annotation has {n_boxes} boxes")
-    masks = np.stack([obj == k + 1 for k in range(n_boxes)]) if n_boxes else np.zeros((0, *obj.shape), bool)
-    return masks, (None if region == "all" else obj != 255)
 
 
 # ----------------------------------------------------------------------------- inference
