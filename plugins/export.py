@@ -12,7 +12,7 @@ from banacli.stage import Stage, StageContext
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.export import (
+    from banacli.interop.model_export import (
         FILE_NAMES, PixelSegmenter, example_input, export_metadata, export_onnx, export_safetensors,
         export_torchscript,
     )

@@ -32,6 +32,8 @@ with the torchvision ImageNet mean/std and resizes to ``min_size``/``max_size`` 
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,12 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from banacli.artifacts import read_state_dict
+from banacli import __version__
+from banacli.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, load_model, read_state_dict
 from banacli.errors import ArtifactError, BanaError
+from banacli.interop.model_export import (
+    EXPORT_FORMAT, FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
+)
 
 INST_BACKBONES = ("resnet50_fpn", "tiny")
 ARCH_KIND = "maskrcnn"
@@ -383,9 +389,6 @@ class PixelMaskRCNN(nn.Module):
 
 
 def instance_export_metadata(meta: dict[str, Any], fmt: str, **more: Any) -> dict[str, Any]:
-    from banacli import __version__
-    from banacli.export import EXPORT_FORMAT
-
     out = {
         "format": EXPORT_FORMAT, "exported_as": fmt, "arch": meta["arch"], "num_classes": int(meta["num_classes"]),
         "class_names": list(meta["class_names"]), "normalization": dict(meta["normalization"]), "tau": None,
@@ -425,14 +428,6 @@ def export_instance_model(src: str | Path, out_dir: str | Path, fmt: str, *, ops
     """Export RUN/inst/model.safetensors (``src``) as ONNX, TorchScript or a safetensors copy in
     ``out_dir``; exported graphs are checked against PyTorch at two image sizes. Returns
     (path written, metadata)."""
-    import io
-    import json
-
-    from banacli.artifacts import atomic_path, atomic_write_bytes, load_model
-    from banacli.export import (
-        FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
-    )
-
     model, meta = load_instance_model(src, "cpu")
     path = Path(out_dir) / FILE_NAMES[fmt]
     info = instance_export_metadata(meta, fmt, source=str(src))
@@ -500,7 +495,6 @@ def write_instance_prediction(out: Path, image_id: str, image: np.ndarray, found
     label, score, box, area), OUT/ID_overlay.jpg: instance colours over the image."""
     from PIL import Image
 
-    from banacli.artifacts import atomic_path, atomic_write_json
     from banacli.data.palette import overlay as blend
     from banacli.data.palette import save_label_png
 
