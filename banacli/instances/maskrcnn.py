@@ -47,7 +47,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from banacli import __version__
 from banacli.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, load_model, read_state_dict
-from banacli.errors import ArtifactError, BanaError
+from banacli.errors import BanaError
 from banacli.interop.model_export import (
     EXPORT_FORMAT, FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
 )
@@ -57,9 +57,9 @@ ARCH_KIND = "maskrcnn"
 
 __all__ = [
     "INST_BACKBONES", "INST_OUTPUT_NAMES", "PixelMaskRCNN", "RegionMaskRoIHeads", "RegionTransform", "TinyBackbone",
-    "build_mask_rcnn", "export_instance_model", "gt_instance_targets", "instance_export_metadata",
+    "build_mask_rcnn", "export_instance_model", "instance_export_metadata",
     "write_instance_prediction",
-    "inst_arch", "load_instance_model", "predict_instances", "pseudo_instance_targets", "region_mask_loss",
+    "inst_arch", "load_instance_model", "predict_instances", "region_mask_loss",
 ]
 
 
