@@ -15,7 +15,7 @@ def label_sets(method: str) -> tuple[str, str]:
     the same folder twice, so every pixel is in S and NAL reduces to plain cross-entropy."""
     if method == "bana":
         return "Ycrf", "Yret"
-    from banacli.labelers import label_set_names
+    from banacli.labeling.registry import label_set_names
 
     names = label_set_names(method)
     return names[0], names[-1]
