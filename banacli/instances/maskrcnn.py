@@ -51,6 +51,7 @@ from banacli.errors import BanaError
 from banacli.interop.model_export import (
     EXPORT_FORMAT, FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
 )
+from banacli.runs import RunDir, load_rebuilt
 
 INST_BACKBONES = ("resnet50_fpn", "tiny")
 ARCH_KIND = "maskrcnn"
@@ -354,18 +355,16 @@ def load_instance_model(run_dir: str | Path, device: str | torch.device = "cpu",
     """Rebuild the Mask R-CNN that ``bana train-inst`` saved: ``run_dir`` is a run directory
     (reads RUN/inst/model.safetensors) or the model file itself. Returns (model in eval mode, sidecar).
     The weights' sha256 is checked against the sidecar (ArtifactError naming the file)."""
-    from banacli.runs import _load_rebuilt
-
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "inst" / "model.safetensors"
+        path = RunDir(path).model("inst")
 
     def build(backbone: str, meta: dict[str, Any]) -> nn.Module:
         return build_mask_rcnn(backbone, int(meta["num_classes"]), weights=None,
                                frozen_bn=bool(meta.get("frozen_bn", False)),
                                min_size=int(meta.get("min_size", 800)), max_size=int(meta.get("max_size", 1333)))
 
-    return _load_rebuilt(path, ARCH_KIND, tuple(INST_BACKBONES), build, device=device, class_names=class_names,
+    return load_rebuilt(path, ARCH_KIND, tuple(INST_BACKBONES), build, device=device, class_names=class_names,
                          missing="instance model not found (run bana train-inst first)")
 
 

@@ -29,7 +29,7 @@ from banacli.labeling.workers import (
     output_is_valid, worker_died, worker_memory, worker_warnings,
 )
 from banacli.outputs import write_skipped
-from banacli.runs import dataset_digest, open_dataset
+from banacli.runs import RunDir, dataset_digest, open_dataset
 
 __all__ = ["LabelRun", "label_split", "parse_shard", "part_indices"]
 
@@ -117,7 +117,8 @@ def label_split(ctx) -> LabelRun:
 
     placement = None
     meta = model = weight = norm = None
-    cls_path = ctx.run_dir / "cls" / "model.safetensors"
+    run = RunDir(ctx.run_dir)
+    cls_path = run.model("cls")
     if labeler.needs_classifier:
         placement = cfg.features if cfg.features != "auto" else ("main" if device.type == "cuda" else "workers")
         # load here in both placements: checks the classifier and class names before any work
@@ -148,7 +149,7 @@ def label_split(ctx) -> LabelRun:
     for i in mine:  # every image of this part is readable before the manifest or config changes
         w, h = check_image(ds.image_path(ds.ids[i]))
         sizes[i] = (h, w)
-    keep = decide_manifest(out_root / f"{labeler.name}.manifest.json", manifest, cfg.force, rank, world)
+    keep = decide_manifest(run.manifest(labeler.name), manifest, cfg.force, rank, world)
     if rank == 0:
         ctx.save_resolved_config()  # only now that the run is accepted: beside the labels it makes
         write_skipped(out_root, labeler.name, ds.skipped)  # lets train-seg tell skipped from missing
