@@ -35,7 +35,8 @@ Modules: :mod:`~banacli.labeling.pipeline` (``label_split``: shards, ranks, mani
 (the ``bana.labelers`` plugins). The names below are the public surface a stage imports.
 """
 
-from banacli.labeling.features import FEATURE_BATCH, compute_features, thread_invariant
+from banacli.labeling.features import FEATURE_BATCH, compute_features, load_feature_model, thread_invariant
+from banacli.labeling.manifest import label_params
 from banacli.labeling.pipeline import LabelRun, label_split, parse_shard, part_indices
 from banacli.labeling.registry import Labeler, LabelTask, get_labeler, label_set_names
 from banacli.labeling.workers import ImageTask, WorkerSetup, label_image, output_is_valid, write_outputs
@@ -49,6 +50,8 @@ __all__ = [
     "part_indices",
     "thread_invariant",
     "compute_features",
+    "load_feature_model",
+    "label_params",
     "label_image",
     "write_outputs",
     "output_is_valid",
