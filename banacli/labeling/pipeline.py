@@ -101,6 +101,35 @@ def _distributed(ctx):
     return info.rank, info.world, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), info.device
 
 
+def _warn_about_workers(ctx, sizes_hw: list[tuple[int, int]], num_classes: int, placement: str | None,
+                        local_world: int) -> None:
+    """The lines of :func:`~banacli.labeling.workers.worker_warnings` for a loky pool of
+    labels.workers processes labelling images of these sizes (the largest, capped by max_side)."""
+    cfg = ctx.section
+    largest = max(h * w for h, w in sizes_hw)
+    if ctx.config.data.max_side:
+        largest = min(largest, ctx.config.data.max_side ** 2)
+    per_worker = worker_memory(largest, num_classes) if placement != "main" else None  # main: no model there
+    for line in worker_warnings(cfg.workers, available_cores(threads_env=False) // max(1, local_world) or 1,
+                                per_worker, available_memory()):
+        ctx.info(line)
+
+
+def _split_done(ctx, ds, out_dirs: dict[str, Path], shard: tuple[int, int], rank: int, world: int) -> tuple[bool, bool]:
+    """(every image of the split has its outputs, this process writes the report): under torchrun
+    after a barrier, rank 0 reports; with shards, the shard that finds nothing missing reports."""
+    if world > 1:
+        dist.barrier()
+        return True, rank == 0
+    if shard[1] > 1:
+        missing = [i for i in ds.ids if not all((d / f"{i}.png").is_file() for d in out_dirs.values())]
+        if missing:
+            ctx.info(f"gen-labels: shard {shard[0]}/{shard[1]} done; {len(missing)} images of other shards still "
+                     "missing; the last shard to finish (or bana gen-labels without --shard) writes the report")
+        return not missing, not missing
+    return True, True
+
+
 def label_split(ctx) -> LabelRun:
     """Label this process's part of the split (skipping finished images) and say whether the
     whole split is done."""
@@ -187,13 +216,7 @@ def label_split(ctx) -> LabelRun:
     threads = threads_per_worker(cfg.workers, cores)
     use_dask = cfg.backend == "dask"
     if not use_dask and todo and cfg.workers > 1:  # loky: every worker is a process on this machine
-        largest = max(sizes[i][0] * sizes[i][1] for i in todo)
-        if ctx.config.data.max_side:
-            largest = min(largest, ctx.config.data.max_side ** 2)
-        per_worker = worker_memory(largest, num_classes) if placement != "main" else None  # main: no model there
-        for line in worker_warnings(cfg.workers, available_cores(threads_env=False) // max(1, local_world) or 1,
-                                    per_worker, available_memory()):
-            ctx.info(line)
+        _warn_about_workers(ctx, [sizes[i] for i in todo], num_classes, placement, local_world)
     setup = WorkerSetup(
         labeler=labeler, params=params, out_dirs={k: str(v) for k, v in out_dirs.items()}, viz_dir=str(viz_dir),
         class_names=list(ds.class_names), threads=threads if not use_dask else 1,
@@ -234,18 +257,6 @@ def label_split(ctx) -> LabelRun:
     if cfg.viz and rank == 0:
         ctx.info(f"gen-labels: pictures in {viz_dir}")
 
-    if world > 1:
-        dist.barrier()
-        complete = True
-        report = rank == 0
-    elif shard[1] > 1:
-        missing = [i for i in ds.ids if not all((d / f"{i}.png").is_file() for d in out_dirs.values())]
-        complete = not missing
-        report = complete
-        if missing:
-            ctx.info(f"gen-labels: shard {shard[0]}/{shard[1]} done; {len(missing)} images of other shards still "
-                     "missing; the last shard to finish (or bana gen-labels without --shard) writes the report")
-    else:
-        complete = report = True
+    complete, report = _split_done(ctx, ds, out_dirs, shard, rank, world)
     return LabelRun(ds=ds, labeler=labeler, out_dirs=out_dirs, complete=complete, report=report, rank=rank,
                     world=world, shard=shard, labelled=labelled)
