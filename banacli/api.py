@@ -133,7 +133,7 @@ class Labeler:
     """A run's stage-1 classifier, loaded once, labelling one image at a time the way
     ``bana gen-labels`` labels a training image: the same features
     (:func:`banacli.labeling.compute_features`, thread-invariant on a CPU), the same labeler
-    (:mod:`banacli.labelers`, i.e. :func:`banacli.ops.pseudo.generate_pseudo_labels`), the same
+    (:mod:`banacli.labeling.registry`, i.e. :func:`banacli.ops.pseudo.generate_pseudo_labels`), the same
     ``data.max_side`` shrinking and nearest-neighbour resizing back, and the same instance rule
     (:func:`banacli.ops.instances.box_instance_masks`).
 
@@ -151,7 +151,7 @@ class Labeler:
         import threading
         from collections import OrderedDict
 
-        from banacli.labelers import get_labeler
+        from banacli.labeling.registry import get_labeler
 
         self.model, self.weight, self.normalization, self.meta = model, weight, normalization, meta
         self.params = dict(params)
@@ -243,10 +243,10 @@ class Labeler:
         import torch
 
         from banacli.data.voc import Sample, clip_boxes, resize_label, shrink_sample
-        from banacli.labelers import LabelTask
+        from banacli.labeling.registry import LabelTask
         from banacli.labeling import compute_features
         from banacli.ops.instances import box_instance_masks
-        from banacli.pseudo_instances import mask_iou
+        from banacli.instances.pseudo_masks import mask_iou
 
         arr = _rgb(image)
         h, w = arr.shape[:2]
@@ -271,7 +271,7 @@ class Labeler:
             task.feats = feats
             task.weight = self.weight
         result = self.labeler.label(task)
-        # as banacli.labeling.write_outputs (the PNG) and banacli.pseudo_instances (the instances)
+        # as banacli.labeling.write_outputs (the PNG) and banacli.instances.pseudo_masks (the instances)
         maps = {n: resize_label(result[n], sample.orig_hw) for n in self.labeler.outputs}
         masks = {n: box_instance_masks(m, full_boxes, labels) for n, m in maps.items()}
         names = list(maps)

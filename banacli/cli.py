@@ -163,10 +163,10 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
 
 def _already_shown(exc: BanaError, ctx: StageContext | None) -> bool:
     """True for a training run stopped by SIGTERM / SIGINT whose stop line the loop has printed
-    already: it prints it through ``banacli.train.log_line_for``, which writes to stderr when that
+    already: it prints it through ``banacli.engine.logs.log_line_for``, which writes to stderr when that
     is not a terminal and --quiet is off (on a terminal the progress bar has it, so the host prints it)."""
-    train = sys.modules.get("banacli.train")  # not imported: the error cannot be a training stop
-    return (train is not None and isinstance(exc, train.Stopped) and ctx is not None
+    stop = sys.modules.get("banacli.engine.stop")  # not imported: the error cannot be a training stop
+    return (stop is not None and isinstance(exc, stop.Stopped) and ctx is not None
             and not ctx.quiet and not ctx.console.is_terminal)
 
 

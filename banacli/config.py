@@ -412,10 +412,8 @@ def config_reference_markdown(model: type[BaseModel] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    # import the package module, not this __main__ copy, so section classes compare equal
-    from banacli import config as _config
-    from banacli.stage import discover_stages
+    # `python -m banacli.config > docs/config.md`: the sections of plugin stages are found by
+    # banacli.stage, which imports this module (never the other way round); run its generator.
+    import runpy
 
-    stages = discover_stages()
-    model = _config.root_model({s.section: s.config for s in stages.values()})
-    print(_config.config_reference_markdown(model), end="")
+    runpy.run_module("banacli.stage", run_name="__main__", alter_sys=True)

@@ -1,9 +1,11 @@
-"""Shared helpers of the stages: opening the dataset, hashing inputs, seeded augmentation."""
+"""Shared helpers of the stages: the run directory's layout (:class:`RunDir`), opening the dataset,
+hashing inputs, seeded augmentation, rebuilding saved models."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,8 +80,45 @@ def resolve_data_root(digest: dict[str, Any]) -> dict[str, Any]:
     return {**digest, "data": {**digest["data"], "root": str(Path(root).expanduser().resolve())}}
 
 
+MODEL_FILE = "model.safetensors"
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+class RunDir:
+    """The layout of a run directory, in one place:
+
+    - ``RUN/<section>/``: what the stage owning a config section writes (``cls``, ``labels``, ``seg``,
+      ``inst``, ``eval``, ``export``, ...), with its ``model.safetensors`` for the training stages;
+    - ``RUN/labels/<set>/ID.png``: one label set of gen-labels (``Ycrf``, ``Yret``, ``Box``, ...);
+    - ``RUN/labels/<method>.manifest.json``: what made the label sets of one labeler.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def stage(self, section: str) -> Path:
+        return self.root / section
+
+    def model(self, section: str) -> Path:
+        return self.stage(section) / MODEL_FILE
+
+    @property
+    def labels(self) -> Path:
+        return self.stage("labels")
+
+    def label_set(self, name: str) -> Path:
+        return self.labels / name
+
+    def manifest(self, method: str) -> Path:
+        return self.labels / f"{method}{MANIFEST_SUFFIX}"
+
+    def manifest_methods(self) -> list[str]:
+        """The methods that have a manifest in this run, sorted."""
+        return sorted(p.name.removesuffix(MANIFEST_SUFFIX) for p in self.labels.glob(f"*{MANIFEST_SUFFIX}"))
+
+
 def model_path(run_dir: Path, section: str) -> Path:
-    return run_dir / section / "model.safetensors"
+    return RunDir(run_dir).model(section)
 
 
 def seg_arch(model_name: str) -> str:
@@ -92,7 +131,7 @@ def cls_arch(backbone: str) -> str:
     return f"bap-classifier/{backbone}"
 
 
-def _load_rebuilt(path: Path, kind: str, names: tuple[str, ...], build, *, device, class_names, missing: str):
+def load_rebuilt(path: Path, kind: str, names: tuple[str, ...], build, *, device, class_names, missing: str):
     """Read a sidecar, check its ``arch`` is ``kind/NAME`` with NAME in ``names``, rebuild the
     model with ``build(NAME, meta)``, load and verify the weights; (model in eval mode, sidecar)."""
     from banacli.artifacts import load_model, read_sidecar
@@ -124,7 +163,7 @@ def load_classifier(path: Path, *, device: str | torch.device = "cpu", class_nam
         model.backbone.normalization = dict(meta["normalization"])
         return model
 
-    return _load_rebuilt(path, "bap-classifier", BACKBONES, build, device=device, class_names=class_names,
+    return load_rebuilt(path, "bap-classifier", BACKBONES, build, device=device, class_names=class_names,
                          missing="classifier not found (run bana train-cls first)")
 
 
@@ -138,7 +177,7 @@ def load_segmenter(path: Path, *, device: str | torch.device = "cpu", class_name
         model.normalization = dict(meta["normalization"])
         return model
 
-    return _load_rebuilt(path, "segnet", SEG_MODELS, build, device=device, class_names=class_names,
+    return load_rebuilt(path, "segnet", SEG_MODELS, build, device=device, class_names=class_names,
                          missing="segmentation model not found (run bana train-seg first)")
 
 

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 
 from banacli.artifacts import atomic_write_text
-from banacli.config import dump_config
+from banacli.config import config_reference_markdown, dump_config, root_model
 
 STAGE_GROUP = "bana.stages"
 
@@ -119,7 +119,7 @@ class StageContext:
         return self.run_dir / self.stage.section
 
     def torch_device(self):
-        from banacli.train import resolve_device
+        from banacli.engine.dist import resolve_device
 
         return resolve_device(self.device)
 
@@ -160,3 +160,17 @@ def setup_stage_logging(ctx: StageContext) -> logging.Handler | None:
     ctx.logger.addHandler(handler)
     ctx.logger.setLevel(logging.INFO)
     return handler
+
+
+def config_reference() -> str:
+    """docs/config.md: the config reference of the built-in sections and those of every stage found."""
+    stages = discover_stages()
+    return config_reference_markdown(root_model({s.section: s.config for s in stages.values()}))
+
+
+if __name__ == "__main__":
+    # import the package module, not this __main__ copy, so Stage and section classes compare equal
+    from banacli import stage as _stage
+
+    print(_stage.config_reference(), end="")
+

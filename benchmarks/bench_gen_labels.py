@@ -121,7 +121,7 @@ def bench_features(images: int = 4) -> None:
     features (bits) and labels (pixels) equal the reference (no_grad, contiguous, 1 thread)."""
     import torch
 
-    from banacli.labeling import compute_features, thread_invariant
+    from banacli.labeling.features import compute_features, thread_invariant
     from banacli.models.normalize import normalize
     from banacli.ops.pseudo import generate_pseudo_labels
 

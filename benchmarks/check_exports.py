@@ -16,7 +16,7 @@ them with (``pip install datumaro label-studio-sdk``, created once under ``--ven
   reader here; the lines are parsed and filled with ``cv2.fillPoly`` (a second rasteriser, not
   pycocotools) and compared with the hole-filled masks.
 
-Each mask is compared with bana's own (``banacli.interop.export.image_labels``: the box's
+Each mask is compared with bana's own (``banacli.interop.label_export.image_labels``: the box's
 instance mask after the fallback; polygons against the mask with holes filled), and those, on the
 host side, with gen-labels' own ``RUN/labels/instances_<SET>.json`` (the non-empty ones). Exits 1 on any
 mismatch and prints a summary with the time spent installing, exporting and reading.
@@ -102,7 +102,7 @@ def expected_masks(work: Path) -> dict:
 
     from banacli.config import DataConfig
     from banacli.data.coco import open_data
-    from banacli.interop.export import image_labels, open_label_set, voc_class_map, voc_object_map
+    from banacli.interop.label_export import image_labels, open_label_set, voc_class_map, voc_object_map
 
     def filled(m):
         out = np.zeros(m.shape, np.uint8)
@@ -155,7 +155,7 @@ def _against_instances(run: Path, ds, labels, arrays) -> str:
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from banacli.pseudo_instances import dataset_image_id
+    from banacli.instances.pseudo_masks import dataset_image_id
 
     theirs: dict = {}
     for r in json.loads((run / "labels" / f"instances_{labels.name}.json").read_text()):

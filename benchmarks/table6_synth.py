@@ -96,7 +96,7 @@ def mask_ap(gt: dict, dets: list[dict]) -> dict[str, float]:
 def model_detections(run: Path, ds) -> list[dict]:
     import torch
 
-    from banacli.instseg import load_instance_model, predict_instances
+    from banacli.instances.maskrcnn import load_instance_model, predict_instances
 
     torch.set_num_threads(1)
     model, _ = load_instance_model(run, "cpu")

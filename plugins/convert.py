@@ -2,7 +2,7 @@
 
 Writes model.safetensors + its JSON sidecar, to ``--out FILE`` or, with ``--run RUN``, to
 RUN/cls/ or RUN/seg/ where ``gen-labels`` / ``eval`` / ``export`` / ``predict`` find it.
-The key mapping is in :mod:`banacli.convert` and docs/export.md.
+The key mapping is in :mod:`banacli.interop.authors_checkpoints` and docs/export.md.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _read_names(path: Path) -> list[str]:
 
 def run(ctx: StageContext) -> None:
     from banacli.artifacts import save_model, sha256_file
-    from banacli.convert import (
+    from banacli.interop.authors_checkpoints import (
         RELEASE, classifier_outputs, map_authors_state, read_checkpoint, target_arch, target_shapes,
     )
     from banacli.errors import ArtifactError, ConfigError

@@ -16,7 +16,7 @@ Pseudo labels (``--what labels``): ``ycrf`` / ``yret`` read RUN/labels/Ycrf|Yret
 "Box"). A void (255) pixel in a pseudo label counts as a miss for its ground-truth class.
 
 Instance masks (``--what instances``): COCO mask AP (AP, AP50, AP75, APS, APM, APL, as the
-paper's Table 2) with pycocotools' COCOeval (segm), see :mod:`banacli.instance_eval`.
+paper's Table 2) with pycocotools' COCOeval (segm), see :mod:`banacli.instances.coco_ap`.
 ``eval.instances=labels`` (default) scores RUN/labels/instances_<Ycrf|Yret|...>.json
 (``eval.labels`` picks the set; ``bana gen-labels`` writes them), ``model`` the instance model
 of RUN (``bana train-inst``), ``box`` every box's rectangle. Ground truth: the COCO JSON, or VOC
@@ -317,8 +317,8 @@ def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
     from banacli import __version__
     from banacli.artifacts import atomic_write_json
     from banacli.errors import ArtifactError, DataError
-    from banacli.instance_eval import METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row
-    from banacli.pseudo_instances import box_results
+    from banacli.instances.coco_ap import METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row
+    from banacli.instances.pseudo_masks import box_results
     from banacli.runs import open_dataset
 
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from banacli.stage import Stage, StageContext
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.export import (
+    from banacli.interop.model_export import (
         FILE_NAMES, PixelSegmenter, example_input, export_metadata, export_onnx, export_safetensors,
         export_torchscript,
     )
@@ -55,8 +55,8 @@ def run(ctx: StageContext) -> None:
 
 
 def export_instances(ctx: StageContext, cfg: ExportConfig) -> None:
-    """``--model inst``: the Mask R-CNN of RUN/inst (banacli.instseg.export_instance_model)."""
-    from banacli.instseg import export_instance_model
+    """``--model inst``: the Mask R-CNN of RUN/inst (banacli.instances.maskrcnn.export_instance_model)."""
+    from banacli.instances.maskrcnn import export_instance_model
     from banacli.runs import model_path
 
     path, info = export_instance_model(model_path(ctx.run_dir, "inst"), ctx.stage_dir, cfg.format, opset=cfg.opset,

@@ -1,7 +1,7 @@
 """``bana export-labels``: a run's pseudo labels as COCO, VOC, YOLO or Label Studio files.
 
 Reads RUN/labels (what gen-labels wrote) and the dataset's boxes; the formats, the label sets
-and the fallback for empty masks are described in :mod:`banacli.interop.export` and
+and the fallback for empty masks are described in :mod:`banacli.interop.label_export` and
 docs/export-labels.md.
 """
 
@@ -44,7 +44,7 @@ class ExportLabelsConfig(Section):
 def run(ctx: StageContext) -> None:
     from banacli.artifacts import atomic_write_json
     from banacli.errors import ArtifactError
-    from banacli.interop.export import ExportOptions, export_labels, open_label_set
+    from banacli.interop.label_export import ExportOptions, export_labels, open_label_set
     from banacli.outputs import read_skipped
     from banacli.runs import dataset_digest, open_dataset
 

@@ -24,7 +24,7 @@ def run(ctx: StageContext) -> None:
     done = label_split(ctx)
     try:
         if done.report:
-            from banacli.pseudo_instances import write_instance_results  # hook: RUN/labels/instances_<set>.json
+            from banacli.instances.pseudo_masks import write_instance_results  # hook: RUN/labels/instances_<set>.json
             write_instance_results(ctx, done.ds, done.out_dirs)
             report = quality_report(done.ds, done.out_dirs, len(done.ds.class_names))
             if report is not None:
@@ -32,7 +32,7 @@ def run(ctx: StageContext) -> None:
                 print_report(ctx, report)
     finally:
         if done.world > 1:
-            from banacli.train import DistInfo, shutdown_distributed
+            from banacli.engine.dist import DistInfo, shutdown_distributed
 
             shutdown_distributed(DistInfo(rank=done.rank, world=done.world))
 

@@ -185,8 +185,8 @@ def run(ctx: StageContext) -> None:
 
 
 def run_instances(ctx: StageContext, files: list[Path], device) -> None:
-    """``--model inst``: Mask R-CNN instances per image (see banacli.instseg.write_instance_prediction)."""
-    from banacli.instseg import load_instance_model, predict_instances, write_instance_prediction
+    """``--model inst``: Mask R-CNN instances per image (see banacli.instances.maskrcnn.write_instance_prediction)."""
+    from banacli.instances.maskrcnn import load_instance_model, predict_instances, write_instance_prediction
 
     cfg: PredictConfig = ctx.section
     model, meta = load_instance_model(ctx.run_dir, device)

@@ -56,7 +56,7 @@ def run(ctx: StageContext) -> None:
     from banacli.data.transforms import JointAugment
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
-    from banacli.train import (
+    from banacli.engine import (
         init_distributed, log_line_for, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
         wrap_ddp,
     )
@@ -149,7 +149,7 @@ def warn_no_background(ctx, ds, bg_fallback: float) -> list[str]:
 def _cls_validator(ctx: StageContext, model, norm, info):
     """validate(done): box accuracy and mAP on data.val_split, logged (rank 0)."""
     from banacli.runs import open_dataset
-    from banacli.train import classify_boxes, log_line_for
+    from banacli.engine import classify_boxes, log_line_for
 
     cfg: ClsConfig = ctx.section
     val = open_dataset(ctx, ctx.config.data.val_split, with_gt=False)

@@ -2,8 +2,8 @@
 mask loss on the reliable region S only (paper Sec. 4.3, Table 6). Reads RUN/labels/ (or the
 dataset's SegmentationObject PNGs with ``inst.targets=gt``), writes RUN/inst/.
 
-Targets and the loss: :mod:`banacli.instseg`. Training machinery (seeded batches, resume,
-torchrun DDP, progress, checkpoints) is the one of train-cls / train-seg (:mod:`banacli.train`).
+Targets and the loss: :mod:`banacli.instances.maskrcnn`. Training machinery (seeded batches, resume,
+torchrun DDP, progress, checkpoints) is the one of train-cls / train-seg (:mod:`banacli.engine`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class InstTrainSet:
 
         from banacli.data.palette import load_label_png
         from banacli.errors import DataError
-        from banacli.instseg import gt_instance_targets, pseudo_instance_targets
+        from banacli.instances.targets import gt_instance_targets, pseudo_instance_targets
 
         index, seed = key
         s = self.ds.load(index)
@@ -130,10 +130,12 @@ def run(ctx: StageContext) -> None:
     import torch
 
     from banacli.artifacts import save_model, sha256_file
-    from banacli.instseg import build_mask_rcnn, inst_arch
+    from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch
     from banacli.models.normalize import TORCHVISION
     from banacli.runs import config_digest, dataset_digest, open_dataset
-    from banacli.train import init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, train_loop, wrap_ddp
+    from banacli.engine import (
+        LoopSpec, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, train_loop, wrap_ddp,
+    )
 
     cfg: InstConfig = ctx.section
     data = ctx.config.data
@@ -169,13 +171,13 @@ def run(ctx: StageContext) -> None:
         meta["inst"].pop("score_threshold", None)  # inference only
         t0 = time.perf_counter()
         with ctx.progress() as prog:
-            result = train_loop(
+            result = train_loop(LoopSpec(
                 model=net, optimizer=optimizer, batches=batches, step=step,
                 lr_factor=lambda it: lr_factor(it, warmup=cfg.warmup, steps=cfg.lr_steps), iterations=cfg.iterations,
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                 resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None, config_meta=meta,
                 on_start=ctx.save_resolved_config,
-            )
+            ))
         seconds = time.perf_counter() - t0
         from bana_plugins.train_cls import _gather, _state_digest
 

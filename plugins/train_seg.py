@@ -15,7 +15,7 @@ def label_sets(method: str) -> tuple[str, str]:
     the same folder twice, so every pixel is in S and NAL reduces to plain cross-entropy."""
     if method == "bana":
         return "Ycrf", "Yret"
-    from banacli.labelers import label_set_names
+    from banacli.labeling.registry import label_set_names
 
     names = label_set_names(method)
     return names[0], names[-1]
@@ -107,9 +107,9 @@ def run(ctx: StageContext) -> None:
     from banacli.ops.nal import bootstrap_beta, seg_loss
     from banacli.outputs import read_skipped
     from banacli.runs import check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
-    from banacli.train import (
-        init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches, train_loop,
-        wrap_ddp,
+    from banacli.engine import (
+        LoopSpec, init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches,
+        train_loop, wrap_ddp,
     )
 
     cfg: SegConfig = ctx.section
@@ -168,7 +168,7 @@ def run(ctx: StageContext) -> None:
                  + (f", gradient norm clipped to {cfg.clip_norm():g}" if cfg.clip_norm() is not None else ""))
         t0 = time.perf_counter()
         with ctx.progress() as prog:
-            result = train_loop(
+            result = train_loop(LoopSpec(
                 model=net, optimizer=optimizer, batches=batches, step=step,
                 lr_factor=lambda it: poly_lr(1.0, it, cfg.iterations, cfg.poly_power), iterations=cfg.iterations,
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
@@ -178,7 +178,7 @@ def run(ctx: StageContext) -> None:
                 on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
                 tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
                 clip_grad_norm=cfg.clip_norm(),
-            )
+            ))
         seconds = time.perf_counter() - t0
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
@@ -207,7 +207,7 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
     background everywhere."""
     from banacli.artifacts import save_model
     from banacli.runs import open_dataset, seg_arch
-    from banacli.train import log_line_for, segment_miou
+    from banacli.engine import log_line_for, segment_miou
 
     cfg: SegConfig = ctx.section
     data = ctx.config.data

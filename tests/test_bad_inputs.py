@@ -600,9 +600,9 @@ def test_21_5_a_zip_checkpoint_with_an_os_system_payload_is_never_run_and_named(
 def test_21_sigterm_stop_message_is_printed_once(voc, tmp_path, monkeypatch, quiet):
     import signal
 
-    import banacli.train as train
+    import banacli.engine as engine
 
-    real = train.log_line_for
+    real = engine.log_line_for
 
     sent = []
 
@@ -617,7 +617,7 @@ def test_21_sigterm_stop_message_is_printed_once(voc, tmp_path, monkeypatch, qui
 
         return once
 
-    monkeypatch.setattr(train, "log_line_for", stop_after_first_line)
+    monkeypatch.setattr(engine, "log_line_for", stop_after_first_line)
     run = tmp_path / "run"
     res = invoke(["train-cls", "--data", voc, "--run", run, "--backbone", "tiny", "--set", "cls.weights=null",
                   "--crop-size", 32, "--batch-size", 2, "--iterations", 50, "--log-every", 1,
@@ -769,7 +769,8 @@ def test_21_8_a_writer_error_without_a_file_name_is_named_after_the_file(tmp_pat
 def test_21_9_a_worker_killed_like_by_the_oom_killer_is_one_line_and_resume_finishes(voc, tmp_path, monkeypatch):
     import signal
 
-    import banacli.labelers as labelers
+    import banacli.labeling.pipeline as pipeline
+    import banacli.labeling.registry as labelers
 
     ids = ids_of(voc)
     victim = ids[2]
@@ -780,7 +781,7 @@ def test_21_9_a_worker_killed_like_by_the_oom_killer_is_one_line_and_resume_fini
         return labelers.BOX.label(task)
 
     dying = labelers.Labeler("box", "box, but its worker is killed on one image", ("Box",), label_or_die)
-    monkeypatch.setattr(labelers, "get_labeler", lambda name: dying)
+    monkeypatch.setattr(pipeline, "get_labeler", lambda name: dying)
     run = tmp_path / "run"
     res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--workers", 2])
     assert res.exit_code == 1
@@ -798,19 +799,20 @@ def test_21_9_a_worker_killed_like_by_the_oom_killer_is_one_line_and_resume_fini
 
 def test_21_11_workers_beyond_the_cores_or_the_memory_warn(voc, tmp_path, monkeypatch):
     import banacli.cores as cores
-    import banacli.labeling as labeling
+    import banacli.labeling.pipeline as pipeline
+    from banacli.labeling.workers import worker_warnings
 
-    lines = labeling.worker_warnings(8, 2, per_worker=900 * 2**20, available=4 * 2**30)
+    lines = worker_warnings(8, 2, per_worker=900 * 2**20, available=4 * 2**30)
     assert len(lines) == 2
     assert "--workers 8 but this process may use 2 CPU core(s)" in lines[0] and "--workers 2 is the fastest" in lines[0]
     assert "would need about 7.5 GB (~0.94 GB each) but 4.3 GB are available" in lines[1]
     assert "use --workers 4" in lines[1]
-    assert labeling.worker_warnings(2, 2, per_worker=900 * 2**20, available=4 * 2**30) == []
-    assert labeling.worker_warnings(2, 2, per_worker=None, available=None) == []
+    assert worker_warnings(2, 2, per_worker=900 * 2**20, available=4 * 2**30) == []
+    assert worker_warnings(2, 2, per_worker=None, available=None) == []
 
     real = cores.available_cores
-    monkeypatch.setattr(cores, "available_cores", lambda **kw: 1 if not kw.get("threads_env", True) else real(**kw))
-    monkeypatch.setattr(labeling, "available_memory", lambda: 10 * 2**20)
+    monkeypatch.setattr(pipeline, "available_cores", lambda **kw: 1 if not kw.get("threads_env", True) else real(**kw))
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 10 * 2**20)
     run = tmp_path / "run"
     res = invoke(["gen-labels", "--data", voc, "--run", run, "--method", "box", "--workers", 2])
     assert res.exit_code == 0, res.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from banacli.convert import authors_key_map, normalize_keys, target_shapes
+from banacli.interop.authors_checkpoints import authors_key_map, normalize_keys, target_shapes
 from banacli.data.voc import VOC_CLASSES
 from banacli.models.normalize import CAFFE
 from banacli.models.vgg16 import vgg16_parameter_names

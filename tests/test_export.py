@@ -57,7 +57,7 @@ def test_onnx_matches_pytorch_at_another_size(tmp_path, norm):
 
 
 def test_torchscript_matches_pytorch(tmp_path):
-    from banacli.export import load_torchscript
+    from banacli.interop.model_export import load_torchscript
 
     run = make_seg_run(tmp_path / "run", normalization=CAFFE)
     res = invoke(["export", "--run", run, "--format", "torchscript", "--input-size", 48, "-q"])

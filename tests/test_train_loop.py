@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from banacli.train import DistInfo, train_loop
+from banacli.engine import DistInfo, train_loop
 
 
 def _run(tmp_path, clip):

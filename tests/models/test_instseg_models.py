@@ -11,7 +11,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from banacli.artifacts import save_model
 from banacli.errors import BanaError
-from banacli.instseg import build_mask_rcnn, inst_arch, load_instance_model
+from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch, load_instance_model
 from banacli.models.normalize import TORCHVISION
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from banacli.data.synth_coco import encode_mask
-from banacli.instance_eval import coco_eval_segm
-from banacli.pseudo_instances import mask_iou
+from banacli.instances.coco_ap import coco_eval_segm
+from banacli.instances.pseudo_masks import mask_iou
 
 
 def square(y: int, x: int, side: int, h: int = 64, w: int = 64) -> np.ndarray:

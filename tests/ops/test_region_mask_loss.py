@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 
-from banacli.instseg import RegionMaskRoIHeads, build_mask_rcnn, region_mask_loss
+from banacli.instances.maskrcnn import RegionMaskRoIHeads, build_mask_rcnn, region_mask_loss
 
 
 def _one_box_case():

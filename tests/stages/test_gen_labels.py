@@ -10,7 +10,7 @@ from importlib.metadata import EntryPoint, entry_points
 import numpy as np
 import pytest
 
-import banacli.labelers as labelers_mod
+import banacli.labeling.registry as labelers_mod
 from banacli.data.palette import load_label_png
 
 from .conftest import invoke
@@ -71,16 +71,16 @@ def test_different_config_refuses_unless_force(tiny_data, fresh_cls_run, app):
 
 
 def test_manifest_from_before_max_side_is_still_accepted(tmp_path):
-    from banacli.labeling import _check_manifest
+    from banacli.labeling.manifest import check_manifest
 
     new = {"method": "bana", "split": "train", "params": {}, "classifier_sha256": "x", "dataset": "d",
            "outputs": ["Ycrf"], "max_side": 800}
     path = tmp_path / "bana.manifest.json"
     path.write_text(json.dumps({k: v for k, v in new.items() if k != "max_side"}))
-    assert _check_manifest(path, new, force=False) is True
+    assert check_manifest(path, new, force=False) is True
     path.write_text(json.dumps({**new, "max_side": 1000}))
     with pytest.raises(Exception, match="different max_side"):
-        _check_manifest(path, new, force=False)
+        check_manifest(path, new, force=False)
 
 
 def test_missing_classifier_and_mismatched_classes(tiny_data, tmp_path, fresh_cls_run, app):
@@ -127,7 +127,7 @@ def test_box_labeler_equals_box_masks(tiny_data, tmp_path, app):
 def test_third_party_labeler_from_entry_point(tiny_data, tmp_path, app, monkeypatch):
     (tmp_path / "my_labeler.py").write_text(
         "import numpy as np\n"
-        "from banacli.labelers import Labeler\n"
+        "from banacli.labeling import Labeler\n"
         "def label(task):\n"
         "    out = np.zeros(task.image.shape[:2], np.uint8)\n"
         "    for (x0, y0, x1, y1), c in zip(task.boxes.astype(int), task.labels):\n"

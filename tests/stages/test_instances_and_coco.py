@@ -136,7 +136,7 @@ def test_every_stage_on_coco_data(tmp_path, app):
 
 
 def test_model_instances_scored_through_the_instseg_api(tiny_data, tmp_path, app, monkeypatch):
-    """``eval.instances=model`` with a stand-in banacli.instseg that 'predicts' the ground truth
+    """``eval.instances=model`` with a stand-in banacli.instances.maskrcnn that 'predicts' the ground truth
     (from SegmentationObject) plus one stray low-score detection per image: AP = 1."""
     import sys
     import types
@@ -149,7 +149,7 @@ def test_model_instances_scored_through_the_instseg_api(tiny_data, tmp_path, app
         s, masks = voc_instances(tiny_data, sid, ds.classes)
         by_pixels[s.image.tobytes()] = (s, masks)
 
-    fake = types.ModuleType("banacli.instseg")
+    fake = types.ModuleType("banacli.instances.maskrcnn")
     fake.load_instance_model = lambda run_dir, device, class_names=None: ("model", {"arch": "fake"})
 
     def predict_instances(model, image):
@@ -161,7 +161,7 @@ def test_model_instances_scored_through_the_instseg_api(tiny_data, tmp_path, app
                 {"box": [0, 0, 3, 3], "label": 1, "score": 0.1, "mask": stray}]
 
     fake.predict_instances = predict_instances
-    monkeypatch.setitem(sys.modules, "banacli.instseg", fake)
+    monkeypatch.setitem(sys.modules, "banacli.instances.maskrcnn", fake)
     run = tmp_path / "run"
     res = invoke(app, ["eval", "--data", tiny_data, "--run", run, "--what", "instances", "--split", "val",
                        "--set", "eval.instances=model", "-q"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from banacli.artifacts import load_model
-from banacli.train import batch_for_iteration
+from banacli.engine import batch_for_iteration
 
 from .conftest import TINY_CLS, invoke
 
@@ -44,23 +44,23 @@ def test_loss_falls_and_model_is_written(tiny_data, app, tmp_path):
 
 
 def test_resume_continues_exactly(tiny_data, app, tmp_path, monkeypatch):
-    import banacli.train as train
+    import banacli.engine.loop as loop
 
     full, part = tmp_path / "full", tmp_path / "part"
     args = ["--data", tiny_data, "--iterations", 6, *TINY_CLS, "--checkpoint-every", "3"]
     assert invoke(app, ["train-cls", "--run", full, *args]).exit_code == 0
 
     # crash right after the checkpoint of iteration 3 (as a kill would), then resume
-    real_save = train.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_crash(*a, **kw):
         real_save(*a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
     res = invoke(app, ["train-cls", "--run", part, *args])
     assert res.exit_code == 130 and not (part / "cls" / "model.safetensors").exists()
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     res = invoke(app, ["train-cls", "--run", part, *args, "--resume"])
     assert res.exit_code == 0, res.output
 

@@ -15,7 +15,8 @@ import torch
 from banacli.artifacts import load_model
 from banacli.data.palette import load_label_png, save_label_png
 from banacli.data.synth import generate
-from banacli.instseg import load_instance_model, predict_instances, pseudo_instance_targets
+from banacli.instances.maskrcnn import load_instance_model, predict_instances
+from banacli.instances.targets import pseudo_instance_targets
 
 from .conftest import invoke
 
@@ -94,22 +95,22 @@ def test_other_targets_and_regions_train(inst_data, pseudo_run, app, extra):
 def test_resume_continues_exactly(inst_data, pseudo_run, app, tmp_path, monkeypatch):
     import shutil
 
-    import banacli.train as train
+    import banacli.engine.loop as loop
 
     part = tmp_path / "part"
     shutil.copytree(pseudo_run, part)
     args = ["--data", inst_data, "--iterations", 6, *TINY_INST, "--checkpoint-every", "3"]
     assert invoke(app, ["train-inst", "--run", pseudo_run, *args]).exit_code == 0
-    real_save = train.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_crash(*a, **kw):
         real_save(*a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
     res = invoke(app, ["train-inst", "--run", part, *args])
     assert res.exit_code == 130 and not (part / "inst" / "model.safetensors").exists()
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     res = invoke(app, ["train-inst", "--run", part, *args, "--resume"])
     assert res.exit_code == 0, res.output
     assert _losses(part) == _losses(pseudo_run) and len(_losses(part)) == 6

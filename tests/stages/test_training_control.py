@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from banacli.artifacts import load_model
-from banacli.train import average_precision, config_differences
+from banacli.engine import average_precision, config_differences
 
 from .conftest import TINY_CLS, TINY_SEG, invoke
 from .test_train_seg import labelled_run  # noqa: F401 - fixture
@@ -64,7 +64,7 @@ def test_sigterm_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_data, t
     log = (run / "cls" / "train-cls.log").read_text()
     assert "stopped by SIGTERM" in log
     assert not (run / "cls" / "model.safetensors").exists()
-    from banacli.train import read_checkpoint_state
+    from banacli.engine import read_checkpoint_state
 
     stopped_at = read_checkpoint_state(run / "cls" / "checkpoint.safetensors")["iteration"]
     assert 1 <= stopped_at < n

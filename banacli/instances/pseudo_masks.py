@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["box_results", "dataset_image_id", "instance_results", "write_instance_results"]
+from banacli.artifacts import atomic_write_json
+from banacli.data.palette import load_label_png
+from banacli.data.synth_coco import encode_mask
+from banacli.data.voc import box_pixel_ranges
+from banacli.ops.instances import box_instance_masks
+
+__all__ = ["box_results", "dataset_image_id", "instance_results", "mask_iou", "result_entry", "write_instance_results"]
 
 
 def dataset_image_id(ds, sample_id: str) -> Any:
@@ -47,9 +53,8 @@ def dataset_category_id(ds, label: int) -> int:
     return int(back[int(label)]) if back is not None else int(label)
 
 
-def _entry(ds, sid: str, label: int, mask: np.ndarray, score: float, box) -> dict[str, Any]:
-    from banacli.data.synth_coco import encode_mask
-
+def result_entry(ds, sid: str, label: int, mask: np.ndarray, score: float, box) -> dict[str, Any]:
+    """One COCO result (module docstring) of a (H, W) bool mask of class ``label`` in image ``sid``."""
     x0, y0, x1, y1 = (float(v) for v in box)
     return {"image_id": dataset_image_id(ds, sid), "category_id": dataset_category_id(ds, label),
             "segmentation": encode_mask(mask), "score": float(score), "bbox": [x0, y0, x1 - x0, y1 - y0]}
@@ -65,9 +70,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def instance_results(ds, label_dirs: dict[str, Path]) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """Result lists for each label set of ``label_dirs`` ({name: folder of ID.png}) and the count
     of empty masks left out per set."""
-    from banacli.data.palette import load_label_png
-    from banacli.ops.instances import box_instance_masks
-
     names = list(label_dirs)
     results: dict[str, list[dict]] = {n: [] for n in names}
     empty = dict.fromkeys(names, 0)
@@ -81,29 +83,25 @@ def instance_results(ds, label_dirs: dict[str, Path]) -> tuple[dict[str, list[di
                 if not masks[n][k].any():
                     empty[n] += 1
                     continue
-                results[n].append(_entry(ds, sid, int(lab), masks[n][k], score[k], box))
+                results[n].append(result_entry(ds, sid, int(lab), masks[n][k], score[k], box))
     return results, empty
 
 
 def box_results(ds) -> list[dict]:
     """The Box baseline as instances: each box's full rectangle, score 1.0."""
-    from banacli.data.voc import box_pixel_ranges
-
     out = []
     for i in range(len(ds)):
         s = ds.load(i)
         for (c0, r0, c1, r1), box, lab in zip(box_pixel_ranges(s.boxes, s.height, s.width), s.boxes, s.labels):
             m = np.zeros((s.height, s.width), dtype=bool)
             m[r0:r1, c0:c1] = True
-            out.append(_entry(ds, s.id, int(lab), m, 1.0, box))
+            out.append(result_entry(ds, s.id, int(lab), m, 1.0, box))
     return out
 
 
 def write_instance_results(ctx, ds, out_dirs: dict[str, Path]) -> dict[str, Path]:
     """gen-labels' hook: RUN/labels/instances_<SET>.json for every label set just written, and
     RUN/labels/instances.json (split, image count, empty masks per set)."""
-    from banacli.artifacts import atomic_write_json
-
     results, empty = instance_results(ds, out_dirs)
     root = Path(ctx.stage_dir)
     written = {}

@@ -1,7 +1,7 @@
 """Instance segmentation on the pseudo labels: torchvision's Mask R-CNN with the mask loss
 restricted to the reliable region S (paper Sec. 4.3, Table 6).
 
-Targets. Each annotated box gets an instance mask from the pseudo label Ycrf by the one rule of
+Targets (:mod:`banacli.instances.targets`). Each annotated box gets an instance mask from the pseudo label Ycrf by the one rule of
 :func:`banacli.ops.instances.box_instance_masks` (the pixels of the box's class inside the box;
 overlapping boxes of one class: the smallest box wins). The region S is the set of pixels where
 Ycrf and Yret agree (void excluded). With ``inst.targets=gt`` the masks come from VOC
@@ -32,6 +32,8 @@ with the torchvision ImageNet mean/std and resizes to ``min_size``/``max_size`` 
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,16 +45,22 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from banacli.errors import ArtifactError, BanaError, DataError
+from banacli import __version__
+from banacli.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, load_model, read_state_dict
+from banacli.errors import BanaError
+from banacli.interop.model_export import (
+    EXPORT_FORMAT, FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
+)
+from banacli.runs import RunDir, load_rebuilt
 
 INST_BACKBONES = ("resnet50_fpn", "tiny")
 ARCH_KIND = "maskrcnn"
 
 __all__ = [
     "INST_BACKBONES", "INST_OUTPUT_NAMES", "PixelMaskRCNN", "RegionMaskRoIHeads", "RegionTransform", "TinyBackbone",
-    "build_mask_rcnn", "export_instance_model", "gt_instance_targets", "instance_export_metadata",
+    "build_mask_rcnn", "export_instance_model", "instance_export_metadata",
     "write_instance_prediction",
-    "inst_arch", "load_instance_model", "predict_instances", "pseudo_instance_targets", "region_mask_loss",
+    "inst_arch", "load_instance_model", "predict_instances", "region_mask_loss",
 ]
 
 
@@ -238,8 +246,6 @@ def _load_local_weights(model: nn.Module, path: str, backbone: str) -> None:
     """A local file: a whole Mask R-CNN (keys ``backbone.body...``; entries whose shape differs,
     e.g. the class-specific predictors of a COCO model, are left at their initialisation) or,
     for resnet50_fpn, a plain ResNet-50 ImageNet state dict."""
-    from banacli.artifacts import read_state_dict
-
     p = Path(path)
     if not p.is_file():
         raise BanaError(f"inst.weights: {p} does not exist (use 'imagenet', a local .pth/.safetensors file, or null)")
@@ -313,39 +319,6 @@ def build_mask_rcnn(
     return model
 
 
-# ----------------------------------------------------------------------------- targets
-
-
-def pseudo_instance_targets(
-    ycrf: np.ndarray, yret: np.ndarray, boxes: np.ndarray, labels: np.ndarray, *, region: str = "s"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(masks (K, H, W) bool from Ycrf by the box rule, S (H, W) bool or None for ``region="all"``)."""
-    from banacli.ops.instances import box_instance_masks
-
-    masks = box_instance_masks(ycrf, boxes, labels)
-    if region == "all":
-        return masks, None
-    return masks, (ycrf == yret) & (ycrf != 255)
-
-
-def gt_instance_targets(
-    path: Path, n_boxes: int, shape_hw: tuple[int, int], *, region: str = "s"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Masks from a VOC SegmentationObject PNG (instance k+1 = box k); S = non-void pixels."""
-    from banacli.data.palette import load_label_png
-
-    if not path.is_file():
-        raise DataError(f"{path}: instance mask not found (inst.targets=gt needs SegmentationObject/ID.png)")
-    obj = load_label_png(path)
-    if obj.shape != tuple(shape_hw):
-        raise DataError(f"{path}: mask is {obj.shape[1]}x{obj.shape[0]}, image is {shape_hw[1]}x{shape_hw[0]}")
-    ids = np.unique(obj[(obj != 0) & (obj != 255)])
-    if ids.size and int(ids.max()) > n_boxes:
-        raise DataError(f"{path}: instance {int(ids.max())} but the annotation has {n_boxes} boxes")
-    masks = np.stack([obj == k + 1 for k in range(n_boxes)]) if n_boxes else np.zeros((0, *obj.shape), bool)
-    return masks, (None if region == "all" else obj != 255)
-
-
 # ----------------------------------------------------------------------------- inference
 
 
@@ -382,18 +355,16 @@ def load_instance_model(run_dir: str | Path, device: str | torch.device = "cpu",
     """Rebuild the Mask R-CNN that ``bana train-inst`` saved: ``run_dir`` is a run directory
     (reads RUN/inst/model.safetensors) or the model file itself. Returns (model in eval mode, sidecar).
     The weights' sha256 is checked against the sidecar (ArtifactError naming the file)."""
-    from banacli.runs import _load_rebuilt
-
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "inst" / "model.safetensors"
+        path = RunDir(path).model("inst")
 
     def build(backbone: str, meta: dict[str, Any]) -> nn.Module:
         return build_mask_rcnn(backbone, int(meta["num_classes"]), weights=None,
                                frozen_bn=bool(meta.get("frozen_bn", False)),
                                min_size=int(meta.get("min_size", 800)), max_size=int(meta.get("max_size", 1333)))
 
-    return _load_rebuilt(path, ARCH_KIND, tuple(INST_BACKBONES), build, device=device, class_names=class_names,
+    return load_rebuilt(path, ARCH_KIND, tuple(INST_BACKBONES), build, device=device, class_names=class_names,
                          missing="instance model not found (run bana train-inst first)")
 
 
@@ -417,9 +388,6 @@ class PixelMaskRCNN(nn.Module):
 
 
 def instance_export_metadata(meta: dict[str, Any], fmt: str, **more: Any) -> dict[str, Any]:
-    from banacli import __version__
-    from banacli.export import EXPORT_FORMAT
-
     out = {
         "format": EXPORT_FORMAT, "exported_as": fmt, "arch": meta["arch"], "num_classes": int(meta["num_classes"]),
         "class_names": list(meta["class_names"]), "normalization": dict(meta["normalization"]), "tau": None,
@@ -459,14 +427,6 @@ def export_instance_model(src: str | Path, out_dir: str | Path, fmt: str, *, ops
     """Export RUN/inst/model.safetensors (``src``) as ONNX, TorchScript or a safetensors copy in
     ``out_dir``; exported graphs are checked against PyTorch at two image sizes. Returns
     (path written, metadata)."""
-    import io
-    import json
-
-    from banacli.artifacts import atomic_path, atomic_write_bytes, load_model
-    from banacli.export import (
-        FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
-    )
-
     model, meta = load_instance_model(src, "cpu")
     path = Path(out_dir) / FILE_NAMES[fmt]
     info = instance_export_metadata(meta, fmt, source=str(src))
@@ -534,7 +494,6 @@ def write_instance_prediction(out: Path, image_id: str, image: np.ndarray, found
     label, score, box, area), OUT/ID_overlay.jpg: instance colours over the image."""
     from PIL import Image
 
-    from banacli.artifacts import atomic_path, atomic_write_json
     from banacli.data.palette import overlay as blend
     from banacli.data.palette import save_label_png
 

@@ -102,7 +102,7 @@ def discover_labelers() -> dict[str, Labeler]:
             warnings.warn(f"bana: labeler plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
             continue
         if not isinstance(obj, Labeler):
-            warnings.warn(f"bana: labeler plugin {ep.name!r} is not a banacli.labelers.Labeler; skipped", stacklevel=2)
+            warnings.warn(f"bana: labeler plugin {ep.name!r} is not a banacli.labeling.Labeler; skipped", stacklevel=2)
             continue
         found.setdefault(obj.name, obj)
     for builtin in (BANA, BOX, GRABCUT):  # available even from a source tree without metadata

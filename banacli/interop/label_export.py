@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from banacli.errors import ArtifactError, ConfigError, DataError
+from banacli.runs import RunDir
 
 FORMATS = ("coco", "voc", "yolo", "labelstudio")
 FALLBACKS = ("box", "empty", "skip")
@@ -88,10 +89,10 @@ class LabelSet:
 def open_label_set(run_dir: str | os.PathLike, method: str, which: str | None) -> LabelSet:
     """The label set ``which`` (case-insensitive; None: the method's first output) of
     RUN/labels/<method>.manifest.json; ArtifactError naming the file when it is not there."""
-    root = Path(run_dir) / "labels"
-    path = root / f"{method}.manifest.json"
+    run = RunDir(run_dir)
+    path = run.manifest(method)
     if not path.is_file():
-        found = sorted(p.name.removesuffix(".manifest.json") for p in root.glob("*.manifest.json"))
+        found = run.manifest_methods()
         hint = f" (this run has: {', '.join(found)}; choose with --method)" if found else " (run bana gen-labels first)"
         raise ArtifactError(f"{path}: no pseudo labels of method {method!r} in this run{hint}")
     try:
@@ -106,10 +107,10 @@ def open_label_set(run_dir: str | os.PathLike, method: str, which: str | None) -
     if want.lower() == AGREEMENT:
         if len(outputs) < 2:
             raise ConfigError(f"--labels agreement needs two label sets; {method} has {', '.join(outputs)}")
-        return LabelSet(method, AGREEMENT, (root / outputs[0], root / outputs[1]), manifest, path)
+        return LabelSet(method, AGREEMENT, (run.label_set(outputs[0]), run.label_set(outputs[1])), manifest, path)
     for name in outputs:
         if name.lower() == want.lower():
-            return LabelSet(method, name, (root / name,), manifest, path)
+            return LabelSet(method, name, (run.label_set(name),), manifest, path)
     raise ConfigError(f"--labels {want!r}: {method} wrote {', '.join(choices)}")
 
 

@@ -9,7 +9,7 @@ Ground truth:
   ``difficult`` objects become ``iscrowd: 1`` (COCOeval ignores detections matched to them).
   Images of the split without SegmentationObject are left out and counted.
 
-Detections are COCO result lists (see :mod:`banacli.pseudo_instances`). The six numbers are
+Detections are COCO result lists (see :mod:`banacli.instances.pseudo_masks`). The six numbers are
 COCOeval's ``stats[0:6]``: AP (IoU .50:.05:.95), AP50, AP75, APS, APM, APL (areas < 32², 32²–96²,
 > 96² pixels), with 100 detections per image. An area range with no ground truth gives -1
 (pycocotools' convention), reported as null.
@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from typing import Any
 
 import numpy as np
+
+from banacli.data.synth_coco import encode_mask, voc_instances
+from banacli.errors import ArtifactError, DataError
+from banacli.instances.pseudo_masks import result_entry
 
 METRICS = ("AP", "AP50", "AP75", "APS", "APM", "APL")
 
@@ -30,9 +35,6 @@ __all__ = ["METRICS", "coco_eval_segm", "ground_truth", "voc_ground_truth"]
 
 def voc_ground_truth(ds) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """A COCO GT dict for a VOCDataset from SegmentationObject; and the ids left out (no mask)."""
-    from banacli.data.synth_coco import encode_mask, voc_instances
-    from banacli.errors import DataError
-
     images, anns, missing = [], [], []
     for sid in ds.ids:
         try:
@@ -70,8 +72,6 @@ def coco_eval_segm(gt: dict[str, Any], results: list[dict]) -> dict[str, Any]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from banacli.errors import ArtifactError
-
     img_ids = [im["id"] for im in gt["images"]]
     known = set(img_ids)
     stray = [r["image_id"] for r in results if r["image_id"] not in known]
@@ -105,10 +105,7 @@ def table_row(scores: dict[str, Any]) -> list[str]:
 
 
 def load_results(path, *, what: str) -> list[dict]:
-    import json
-
-    from banacli.errors import ArtifactError
-
+    """A COCO result list read from ``path``, checked for the keys COCOeval needs."""
     if not path.is_file():
         raise ArtifactError(f"{path}: no instance masks ({what})")
     try:
@@ -124,15 +121,12 @@ def load_results(path, *, what: str) -> list[dict]:
 
 
 def model_results(ds, run_dir, device) -> tuple[list[dict], dict[str, Any]]:
-    """Detections of the instance model of RUN (banacli.instseg, from bana train-inst)."""
-    from banacli.errors import ArtifactError
-    from banacli.pseudo_instances import _entry
-
+    """Detections of the instance model of RUN (banacli.instances.maskrcnn, from bana train-inst)."""
     try:
-        from banacli.instseg import load_instance_model, predict_instances
+        from banacli.instances.maskrcnn import load_instance_model, predict_instances
     except ImportError:
         raise ArtifactError(f"{run_dir}: no instance model support in this install "
-                            "(banacli.instseg missing; run bana train-inst from a version that has it)") from None
+                            "(banacli.instances.maskrcnn missing; run bana train-inst from a version that has it)") from None
     import torch
 
     loaded = load_instance_model(run_dir, device, class_names=ds.class_names)
@@ -146,5 +140,5 @@ def model_results(ds, run_dir, device) -> tuple[list[dict], dict[str, Any]]:
             mask = np.asarray(det["mask"])
             if mask.dtype != bool:
                 mask = mask >= 0.5
-            out.append(_entry(ds, s.id, int(det["label"]), mask, float(det["score"]), det["box"]))
+            out.append(result_entry(ds, s.id, int(det["label"]), mask, float(det["score"]), det["box"]))
     return out, {"model": str(run_dir), "arch": meta.get("arch"), "model_sha256": meta.get("weights_sha256")}

@@ -1,0 +1,84 @@
+"""Evaluation during and after training: box classification accuracy / mAP of the stage-1
+classifier, single-scale mIoU of a segmenter, and the AP of one class from ranked scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from banacli.data.transforms import definite_background_tensor
+from banacli.models.normalize import normalize
+from banacli.ops.infer import predict_logits
+from banacli.ops.metrics import confusion_matrix
+from banacli.ops.metrics import scores as confusion_scores
+
+
+def average_precision(scores: Any, positives: Any) -> float:
+    """AP of one class: mean of the precision at the rank of each positive (scores descending);
+    NaN when there is no positive."""
+    scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
+    if not positives.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = positives[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def classify_boxes(model: nn.Module, ds, norm: dict, device: torch.device, *, grid_size: int, roi_size: int,
+                   pooling: str, bg_fallback: float) -> dict[str, float]:
+    """Box classification on a dataset with the stage-1 classifier (eval mode, whole images):
+    each box's class scores are the mean of its R x R bins' logits. Returns ``accuracy`` (argmax
+    over the object classes equals the box's class), ``map`` (mean over classes with boxes of
+    the AP of the class's softmax score) and ``boxes``."""
+    all_scores, all_labels = [], []
+    r2 = roi_size * roi_size
+    for i in range(len(ds)):
+        s = ds.load(i)
+        if len(s.labels) == 0:
+            continue
+        image = torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1)[None].float().to(device)
+        boxes = torch.from_numpy(np.asarray(s.boxes, dtype=np.float32))
+        valid = torch.ones(1, s.height, s.width, dtype=torch.bool)
+        bboxes = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
+        bg = definite_background_tensor(bboxes, valid)
+        out = model(normalize(image, norm), bboxes.to(device), torch.as_tensor(s.labels).to(device), bg.to(device),
+                    grid_size=grid_size, roi_size=roi_size, pooling=pooling, bg_fallback=bg_fallback)
+        logits = out["logits"][: len(boxes) * r2].reshape(len(boxes), r2, -1).mean(dim=1)
+        all_scores.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        all_labels.append(np.asarray(s.labels))
+    if not all_scores:
+        return {"accuracy": float("nan"), "map": float("nan"), "boxes": 0}
+    scores, labels = np.concatenate(all_scores), np.concatenate(all_labels)
+    pred = scores[:, 1:].argmax(axis=1) + 1
+    aps = [average_precision(scores[:, c], labels == c) for c in range(1, scores.shape[1])]
+    aps = [a for a in aps if a == a]
+    return {"accuracy": float((pred == labels).mean()), "map": float(np.mean(aps)) if aps else float("nan"),
+            "boxes": int(len(labels))}
+
+
+def segment_miou(model: nn.Module, ds, norm: dict, device: torch.device, num_classes: int) -> dict[str, float]:
+    """Single-scale mIoU (no flip, no CRF) of a segmenter on a dataset with ground truth; also
+    the mIoU of predicting background everywhere (``prior``) and the fraction of labelled pixels
+    predicted as an object (``foreground``)."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    prior = np.zeros_like(cm)
+    images = 0
+    for i in range(len(ds)):
+        s = ds.load(i)
+        if s.gt is None:
+            continue
+        images += 1
+        image = torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1)[None].float().to(device)
+        pred = predict_logits(model, normalize(image, norm), scales=(1.0,), flip=False)[0].argmax(0).cpu().numpy()
+        cm += confusion_matrix(pred, s.gt, num_classes)
+        prior += confusion_matrix(np.zeros_like(s.gt), s.gt, num_classes)
+    labelled = max(1, int(cm.sum()))
+    if images == 0:
+        return {"miou": float("nan"), "prior": float("nan"), "foreground": 0.0, "images": 0}
+    return {"miou": float(confusion_scores(cm)["miou"]),
+            "prior": float(confusion_scores(prior)["miou"]),
+            "foreground": float(cm[:, 1:].sum() / labelled), "images": images}
