@@ -94,8 +94,13 @@ class _TrainCommon(Section):
 
 
 class ClsConfig(_TrainCommon):
-    backbone: Literal["vgg16", "resnet50", "resnet101", "tiny"] = Field(
-        "vgg16", description="Feature extractor: vgg16 (paper), resnet50/101 (dilated), tiny (CPU demos)."
+    backbone: Literal["vgg16", "resnet50", "resnet101", "tiny", "tiny-bn"] = Field(
+        "vgg16", description="Feature extractor: vgg16 (paper), resnet50/101 (dilated), tiny (CPU tests), tiny-bn "
+        "(tiny with BatchNorm and no dropout: learns from random init on a CPU; the demo's)."
+    )
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Dropout2d probability after fc6 and fc7 (vgg16 and the tiny backbones); "
+        "default: 0.5 (SPEC) for vgg16 and tiny, 0 for tiny-bn."
     )
     weights: str | None = Field(
         "auto",
