@@ -42,11 +42,11 @@ def _collate(batch):
     return out
 
 
-def build_classifier(backbone: str, weights, num_classes: int):
+def build_classifier(backbone: str, weights, num_classes: int, dropout: float | None = None):
     from banacli.models.backbones import build_backbone
     from banacli.models.classifier import BAPClassifier
 
-    return BAPClassifier(build_backbone(backbone, weights=weights), num_classes)
+    return BAPClassifier(build_backbone(backbone, weights=weights, dropout=dropout), num_classes)
 
 
 def run(ctx: StageContext) -> None:
@@ -68,7 +68,7 @@ def run(ctx: StageContext) -> None:
         if info.is_main:
             check_crop_size(ctx, ds, cfg.crop_size, key="cls.crop_size")
         torch.manual_seed(cfg.seed)
-        model = build_classifier(cfg.backbone, cfg.weights, len(ds.class_names)).to(info.device)
+        model = build_classifier(cfg.backbone, cfg.weights, len(ds.class_names), cfg.dropout).to(info.device)
         norm = model.backbone.normalization
         optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -108,6 +108,11 @@ def run(ctx: StageContext) -> None:
                 tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
             )
         seconds = time.perf_counter() - t0
+        if validate is not None and validate.last is None and info.is_main:  # resumed at the end: nothing ran
+            model.eval()
+            with torch.no_grad():
+                validate(result.iteration)
+            model.train()
         weights_digest = _state_digest(model)
         digests = _gather(weights_digest, info)
         if info.is_main:
