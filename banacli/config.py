@@ -118,6 +118,17 @@ class ClsConfig(_TrainCommon):
         0.125, ge=0, le=1, description="Images whose background fraction is at most this use GAP and give no background queries."
     )
     lr_step: int = Field(5000, gt=0, description="Divide the learning rate by 10 after this many iterations.")
+    warmup: int = Field(0, ge=0, description="Raise the learning rate linearly from lr/K to lr over the first K "
+                        "iterations; 0 = none (the SPEC).")
+    scale: tuple[float, float] = Field((0.5, 1.5), description="Range of the random scale augmentation, lo hi "
+                                       "(SPEC: 0.5 1.5; the demo's 96-px images use 0.75 1.25).")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"cls.scale needs 0 < lo <= hi, got {list(v)}")
+        return v
 
 
 class LabelsConfig(Section):

@@ -148,6 +148,11 @@ def step_lr(base: float, iteration: int, step: int) -> float:
     return base * (0.1 if iteration >= step else 1.0)
 
 
+def warmup_factor(iteration: int, warmup: int) -> float:
+    """Linear warm-up: (iteration + 1) / warmup for the first ``warmup`` iterations, then 1."""
+    return min(1.0, (iteration + 1) / warmup) if warmup > 0 else 1.0
+
+
 def poly_lr(base: float, iteration: int, total: int, power: float = 0.9) -> float:
     """Poly schedule (train-seg): base * (1 - it/total)^power."""
     return base * (1.0 - iteration / total) ** power
@@ -650,7 +655,7 @@ def per_rank_batch(batch_size: int, world: int) -> int:
 
 __all__ = [
     "DistInfo", "make_loader", "seeded_batches", "init_distributed", "shutdown_distributed", "barrier", "SeededBatchSampler",
-    "batch_for_iteration", "sample_seed", "step_lr", "poly_lr", "save_checkpoint", "load_checkpoint",
+    "batch_for_iteration", "sample_seed", "step_lr", "warmup_factor", "poly_lr", "save_checkpoint", "load_checkpoint",
     "train_loop", "wrap_ddp", "write_loss_log", "LoopResult", "per_rank_batch", "Stopped", "config_differences",
     "read_checkpoint_state", "log_line_for", "average_precision", "classify_boxes", "segment_miou",
 ]

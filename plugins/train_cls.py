@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> None:
     from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.train import (
         init_distributed, log_line_for, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
-        wrap_ddp,
+        warmup_factor, wrap_ddp,
     )
 
     cfg: ClsConfig = ctx.section
@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> None:
         optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         net = wrap_ddp(model, info)
-        augment = JointAugment(cfg.crop_size, mean_rgb=mean_rgb(norm))
+        augment = JointAugment(cfg.crop_size, scale=cfg.scale, mean_rgb=mean_rgb(norm))
         train_set = _ClsTrainSet(ds, augment)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
 
@@ -99,7 +99,8 @@ def run(ctx: StageContext) -> None:
         with ctx.progress() as prog:
             result = train_loop(
                 model=net, optimizer=optimizer, batches=batches, step=step,
-                lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step), iterations=cfg.iterations,
+                lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step) * warmup_factor(it, cfg.warmup),
+                iterations=cfg.iterations,
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every,
                 log_every=cfg.log_every, resume=cfg.resume, amp=cfg.amp,
                 progress=prog if info.is_main else None, config_meta=digest,
