@@ -8,8 +8,11 @@ tables in the form of the paper's Tables 1 and 4 with mean ± std over seeds and
 rows, each claim judged by a one-sided paired t-test over the seeds (banacli/stats.py) as holds /
 does not hold / not separable, and each classifier's box accuracy on the val boxes (printed, and
 written with pictures and the exact commands to DIR/report.md). BAP's labels use the background
-attention u0 (Eq. 7); the GAP baselines' labels use CAMs and DenseCRF, as the paper's GAP row. Every step is an ordinary stage run through
-the host, so each run directory can be inspected, resumed or rerun by hand.
+attention u0 (Eq. 7); the GAP baselines' labels use CAMs and DenseCRF, as the paper's GAP row.
+``--data ROOT`` runs the same comparison on a user's VOC-layout dataset with masks (every seed
+trains on it with its own seed); ``--quick`` is a first look (2 seeds, context data only).
+Every step is an ordinary stage run through the host, so each run directory can be
+inspected, resumed or rerun by hand.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ class DemoConfig(Section):
     seg_iterations: int = Field(1000, gt=0, description="train-seg iterations (each loss, each seed); sized so that `make demo` fits in 20 min on 2 quiet cores.")
     batch_size: int = Field(8, gt=0, description="Batch size of both training stages.")
     workers: int = Field(2, ge=1, description="gen-labels / eval worker processes (divided by jobs when jobs > 1).")
+    quick: bool = Field(False, description="A first look: 2 seeds, DeepLab on 1, no P = 0 data (overrides seeds, "
+                        "seg_seeds and p0); too few seeds for the paired verdicts to separate much.")
     jobs: int = Field(0, ge=0, description="Independent training runs at once, each in its own process with an equal share "
                       "of the cores as torch threads; 0 = one per available core, 1 = one after another in this process.")
 
 
 POOLINGS = ("bap", "gap", "gap-paper")
+QUICK_SEEDS = 2  # --quick
 PSEUDO_ROWS = ("Box", "GAP-paper: Ycrf", "GAP (bana): Ycrf", "BAP: Ycrf", "BAP: Ycrf w/o u0", "BAP: Yret")
 SEG_ROWS = ("w/ Ycrf (CE)", "w/ NAL")
 PAPER = {"Box": 65.4, "GAP-paper: Ycrf": 75.5, "GAP (bana): Ycrf": None, "BAP: Ycrf": 78.7, "BAP: Ycrf w/o u0": 77.0,
@@ -155,14 +161,18 @@ def _link_or_copy(src, dst):
         shutil.copy2(src, dst)
 
 
-def _p_name(p: float) -> str:
-    return f"p{p:g}".replace(".", "")
+def _p_name(p: float | None) -> str:
+    """Folder / key of one kind of data: p05 for context P = 0.5, data for the user's --data."""
+    return "data" if p is None else f"p{p:g}".replace(".", "")
 
 
 def run(ctx: StageContext) -> None:
     from banacli.errors import ConfigError
 
     cfg: DemoConfig = ctx.section
+    if cfg.quick:
+        cfg = cfg.model_copy(update={"seeds": QUICK_SEEDS, "seg_seeds": 1, "p0": False})
+    user_data = ctx.data_root  # --data ROOT: the comparison on the user's dataset instead of synthetic data
     if cfg.out is None:
         raise ConfigError("bana demo: OUT folder is required")
     if cfg.seg_seeds > cfg.seeds:
@@ -172,7 +182,12 @@ def run(ctx: StageContext) -> None:
     jobs, threads = _jobs_and_threads(cfg.jobs)
     workers = cfg.workers if jobs == 1 else max(1, cfg.workers // jobs)
     t0 = time.perf_counter()
-    contexts = [cfg.context] + ([0.0] if cfg.p0 and cfg.context != 0.0 else [])
+    contexts: list[float | None] = [cfg.context] + ([0.0] if cfg.p0 and cfg.context != 0.0 else [])
+    if user_data is not None:
+        if not (Path(user_data) / "ImageSets" / "Segmentation" / "val.txt").is_file():
+            raise ConfigError(f"bana demo --data {user_data}: no ImageSets/Segmentation/val.txt (a VOC-layout dataset "
+                              "with train and val splits and ground-truth masks is needed)")
+        contexts = [None]
 
     # tasks: independent chains of steps; phase 1 (classifiers and their labels) before phase 2
     # (DeepLab on BAP's labels). The report lists every task's commands in this order.
@@ -185,16 +200,16 @@ def run(ctx: StageContext) -> None:
         layout[pname] = []
         for k, seed in enumerate(seed_list):
             base = out / pname / f"seed{seed}"
-            data, runs = base / "data", base / "runs"
-            with_seg = p == cfg.context and k < cfg.seg_seeds
+            data, runs = (base / "data" if p is not None else Path(user_data)), base / "runs"
+            with_seg = p == contexts[0] and k < cfg.seg_seeds
             layout[pname].append((seed, runs, with_seg))
-            if not (data / "ImageSets" / "Segmentation" / "val.txt").is_file():
+            if p is not None and not (data / "ImageSets" / "Segmentation" / "val.txt").is_file():
                 synth_tasks.append([("stage", "synth", "synth", {"out": data, "images": cfg.images, "val": cfg.val,
                                                                  "size": cfg.size, "seed": seed, "context": p})])
             common = {"data": data, "set_": []}
             cls_args = {"backbone": "tiny-bn", "iterations": cfg.cls_iterations, "batch_size": cfg.batch_size,
                         "crop_size": cfg.size, "lr": 0.01, "seed": seed, "resume": True}
-            first = k == 0 and p == cfg.context
+            first = k == 0 and p == contexts[0]
             for pooling in POOLINGS:
                 run_dir = runs / pooling
                 task = [("stage", "train-cls", "train-cls", {**common, "run": run_dir, "pooling": pooling, **cls_args,
@@ -242,7 +257,7 @@ def run(ctx: StageContext) -> None:
     seconds = time.perf_counter() - t0
     for r in results.values():
         r["summary"] = summarise(r["seeds"])
-    write_report(out, ctx, results, commands, timings, seconds, cfg, threads, jobs)
+    write_report(out, ctx, results, commands, timings, seconds, cfg, threads, jobs, user_data)
     print_table(ctx, results)
     ctx.info(f"demo: finished in {seconds / 60:.1f} min; report in {out / 'report.md'}")
 
@@ -412,7 +427,9 @@ def print_table(ctx: StageContext, results: dict) -> None:
         return
     for pname, result in results.items():
         stats = result["summary"]["rows"]
-        t = Table(title=f"mIoU (%), synthetic data with context P = {result['context']:g}: mean ± std over seeds")
+        what = ("your data" if result["context"] is None else
+                f"synthetic data with context P = {result['context']:g}")
+        t = Table(title=f"mIoU (%), {what}: mean ± std over seeds")
         t.add_column("")
         t.add_column("mean ± std", justify="right")
         t.add_column("paper (VOC)", justify="right")
@@ -425,7 +442,7 @@ def print_table(ctx: StageContext, results: dict) -> None:
 
 
 def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str], timings: dict, seconds: float,
-                 cfg, threads: int, jobs: int = 1) -> None:
+                 cfg, threads: int, jobs: int = 1, user_data: Path | None = None) -> None:
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
     import os
     import platform
@@ -437,14 +454,15 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
 
     pics = out / "pictures"
     pics.mkdir(parents=True, exist_ok=True)
-    main = _p_name(cfg.context)
+    main = _p_name(None if user_data is not None else cfg.context)
+    main_what = f"data {user_data}" if user_data is not None else f"context P = {cfg.context:g}"
     viz_lines = []
     for pooling in ("bap", "gap-paper"):
         viz = sorted((out / main / f"seed{seed_list[0]}" / "runs" / pooling / "labels" / "viz").glob("*.png"))
         for q in viz:
             shutil.copy2(q, pics / f"{pooling}-{q.name}")
         if viz:
-            viz_lines += [f"### {pooling} (context P = {cfg.context:g}, seed {seed_list[0]})", "",
+            viz_lines += [f"### {pooling} ({main_what}, seed {seed_list[0]})", "",
                           *[f"![{pooling} {q.name}](pictures/{pooling}-{q.name})" for q in viz], ""]
     load = ""
     try:
@@ -455,9 +473,11 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
         "# bana demo report", "",
         f"bana {__version__}, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs{load}, "
         f"**{threads} torch thread{'s' if threads > 1 else ''} per run**"
-        f"{f', {jobs} runs at once' if jobs > 1 else ''}, device {ctx.device}. Per seed: {cfg.images} train + {cfg.val} val synthetic "
-        f"images of {cfg.size} px; seeds {', '.join(map(str, seed_list))} (each seed is its own dataset and its "
-        f"own training runs); {seconds / 60:.1f} min in all.", "",
+        f"{f', {jobs} runs at once' if jobs > 1 else ''}, device {ctx.device}. Per seed: "
+        + (f"the data set {user_data}, crops of {cfg.size} px" if user_data is not None else
+           f"{cfg.images} train + {cfg.val} val synthetic images of {cfg.size} px")
+        + f"; seeds {', '.join(map(str, seed_list))} (each seed has its own training runs and, with synthetic "
+        f"data, its own dataset); {seconds / 60:.1f} min in all.", "",
         "How to read this: each number is an mIoU (%). Pseudo labels are scored on the train split against the "
         "synthetic ground truth, DeepLab on the val split. All methods of a seed share its data set, so each claim "
         "\"A above B\" is judged on the per-seed differences d = A - B (banacli/stats.py): mean(d) ± its standard "
@@ -474,9 +494,12 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
     ]
     for pname, result in results.items():
         p = result["context"]
-        title = (f"## Context P = {p:g} (a share P of the images draw their background from a habitat tied to the "
-                 f"class of one of their objects; docs/synthetic.md)" if p > 0 else
-                 "## P = 0 (backgrounds independent of the classes)")
+        if p is None:
+            title = f"## Your data: {user_data}"
+        else:
+            title = (f"## Context P = {p:g} (a share P of the images draw their background from a habitat tied to the "
+                     f"class of one of their objects; docs/synthetic.md)" if p > 0 else
+                     "## P = 0 (backgrounds independent of the classes)")
         lines += [title, "", *table_markdown(result, PSEUDO_ROWS, "pseudo labels (train)"), ""]
         seg = table_markdown(result, SEG_ROWS, "DeepLab, tiny (val)")
         if seg:

@@ -96,3 +96,22 @@ def test_claims_are_paired_t_tests_over_the_seeds():
     assert summarise(flipped)["claims"]["BAP Ycrf above GAP (bana) Ycrf"]["verdict"] == "does not hold"
     one = summarise({"0": {"BAP: Ycrf": 0.9, "GAP (bana): Ycrf": 0.1}})["claims"]["BAP Ycrf above GAP (bana) Ycrf"]
     assert one["verdict"] == "not separable"  # one seed: no spread to judge by
+
+
+def test_quick_profile_runs_two_seeds_of_the_context_data_only(tmp_path):
+    data = _demo(tmp_path / "q", "--quick", "--seeds", "5", "--context", "0.5")
+    assert set(data["results"]) == {"p05"}
+    assert sorted(data["results"]["p05"]["seeds"]) == ["0", "1"]
+    assert sum("w/ NAL" in row for row in data["results"]["p05"]["seeds"].values()) == 1
+
+
+def test_data_option_runs_the_comparison_on_a_given_dataset(tmp_path):
+    from banacli.data.synth import generate
+
+    root = tmp_path / "mydata"
+    generate(root, images=8, size=48, seed=7, val=4)
+    data = _demo(tmp_path / "d", "--data", str(root), "--seeds", "2", "--seg-seeds", "1")
+    assert set(data["results"]) == {"data"} and sorted(data["results"]["data"]["seeds"]) == ["0", "1"]
+    assert not any(c.startswith("bana synth") for c in data["commands"])
+    assert all(f"--data {root}" in c for c in data["commands"] if c.split()[1] in ("train-cls", "gen-labels"))
+    assert f"## Your data: {root}" in (tmp_path / "d" / "report.md").read_text()
