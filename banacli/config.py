@@ -94,8 +94,13 @@ class _TrainCommon(Section):
 
 
 class ClsConfig(_TrainCommon):
-    backbone: Literal["vgg16", "resnet50", "resnet101", "tiny"] = Field(
-        "vgg16", description="Feature extractor: vgg16 (paper), resnet50/101 (dilated), tiny (CPU demos)."
+    backbone: Literal["vgg16", "resnet50", "resnet101", "tiny", "tiny-bn"] = Field(
+        "vgg16", description="Feature extractor: vgg16 (paper), resnet50/101 (dilated), tiny (CPU tests), tiny-bn "
+        "(tiny with BatchNorm and no dropout: learns from random init on a CPU; the demo's)."
+    )
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Dropout2d probability after fc6 and fc7 (vgg16 and the tiny backbones); "
+        "default: 0.5 (SPEC) for vgg16 and tiny, 0 for tiny-bn."
     )
     weights: str | None = Field(
         "auto",
@@ -113,6 +118,17 @@ class ClsConfig(_TrainCommon):
         0.125, ge=0, le=1, description="Images whose background fraction is at most this use GAP and give no background queries."
     )
     lr_step: int = Field(5000, gt=0, description="Divide the learning rate by 10 after this many iterations.")
+    warmup: int = Field(0, ge=0, description="Raise the learning rate linearly from lr/K to lr over the first K "
+                        "iterations; 0 = none (the SPEC).")
+    scale: tuple[float, float] = Field((0.5, 1.5), description="Range of the random scale augmentation, lo hi "
+                                       "(SPEC: 0.5 1.5; the demo's 96-px images use 0.75 1.25).")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"cls.scale needs 0 < lo <= hi, got {list(v)}")
+        return v
 
 
 class LabelsConfig(Section):

@@ -5,9 +5,14 @@ seed (a dataset and its training runs): train-cls with BAP, bana's GAP and the p
 gen-labels for each (plus BAP without u0, and the Box baseline) -> on the first ``seg_seeds``
 seeds of the context data, train-seg with plain CE on Ycrf and with NAL -> eval on val. Then
 tables in the form of the paper's Tables 1 and 4 with mean ± std over seeds and per-seed
-rows, each claim marked holds / does not hold / not separable (printed, and written with
-pictures and the exact commands to DIR/report.md). Every step is an ordinary stage run through
-the host, so each run directory can be inspected, resumed or rerun by hand.
+rows, each claim judged by a one-sided paired t-test over the seeds (banacli/stats.py) as holds /
+does not hold / not separable, and each classifier's box accuracy on the val boxes (printed, and
+written with pictures and the exact commands to DIR/report.md). BAP's labels use the background
+attention u0 (Eq. 7); the GAP baselines' labels use CAMs and DenseCRF, as the paper's GAP row.
+``--data ROOT`` runs the same comparison on a user's VOC-layout dataset with masks (every seed
+trains on it with its own seed); ``--quick`` is a first look (2 seeds, context data only).
+Every step is an ordinary stage run through the host, so each run directory can be
+inspected, resumed or rerun by hand.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from pydantic import Field
 
 from banacli.config import Section
+from banacli.stats import paired_comparison
 from banacli.stage import Stage, StageContext
 
 
@@ -33,15 +39,18 @@ class DemoConfig(Section):
     seed: int = Field(0, description="First seed; the demo uses seeds seed, seed+1, ... (each seed is a dataset and its training runs).")
     seeds: int = Field(3, ge=1, description="Number of seeds of the pseudo-label comparison.")
     seg_seeds: int = Field(2, ge=1, description="DeepLab (CE on Ycrf vs NAL) runs on the first this-many seeds, on the context data.")
-    cls_iterations: int = Field(400, gt=0, description="train-cls iterations (each pooling, each seed).")
+    cls_iterations: int = Field(800, gt=0, description="train-cls iterations (each pooling, each seed).")
     seg_iterations: int = Field(1000, gt=0, description="train-seg iterations (each loss, each seed); sized so that `make demo` fits in 20 min on 2 quiet cores.")
     batch_size: int = Field(8, gt=0, description="Batch size of both training stages.")
     workers: int = Field(2, ge=1, description="gen-labels / eval worker processes (divided by jobs when jobs > 1).")
+    quick: bool = Field(False, description="A first look: 2 seeds, DeepLab on 1, no P = 0 data (overrides seeds, "
+                        "seg_seeds and p0); too few seeds for the paired verdicts to separate much.")
     jobs: int = Field(0, ge=0, description="Independent training runs at once, each in its own process with an equal share "
                       "of the cores as torch threads; 0 = one per available core, 1 = one after another in this process.")
 
 
 POOLINGS = ("bap", "gap", "gap-paper")
+QUICK_SEEDS = 2  # --quick
 PSEUDO_ROWS = ("Box", "GAP-paper: Ycrf", "GAP (bana): Ycrf", "BAP: Ycrf", "BAP: Ycrf w/o u0", "BAP: Yret")
 SEG_ROWS = ("w/ Ycrf (CE)", "w/ NAL")
 PAPER = {"Box": 65.4, "GAP-paper: Ycrf": 75.5, "GAP (bana): Ycrf": None, "BAP: Ycrf": 78.7, "BAP: Ycrf w/o u0": 77.0,
@@ -55,6 +64,14 @@ CLAIMS = (
     ("BAP Yret above Box", "BAP: Yret", "Box"),
 )
 SEG_CLAIMS = (("NAL above plain CE on Ycrf", "w/ NAL", "w/ Ycrf (CE)"),)
+# stage-1 recipe of the demo, the same for every pooling (tiny-bn from random init; docs/results.md,
+# "Classifiers that learn the classes"): a short warm-up, and a scale range that keeps the objects
+# of 96-px images at least ~3/4 of their size
+CLS_SET = ("cls.warmup=50", "cls.scale=[0.75,1.25]")
+# Stage 2 of each pooling as the paper describes it: BAP's u0 is the background attention (Eq. 7),
+# "a by-product of our BAP"; the GAP baseline makes "pseudo labels using CAMs and DenseCRF"
+# (Sec. 4.2), so its background score is the background CAM (the labels.use_u0=false path).
+STAGE2_SET = {"bap": (), "gap": ("labels.use_u0=false",), "gap-paper": ("labels.use_u0=false",)}
 # DeepLab recipe of the demo (tiny model, random init, CPU-sized); see docs/results.md
 SEG_SET = ["seg.weights=null"]
 
@@ -144,14 +161,18 @@ def _link_or_copy(src, dst):
         shutil.copy2(src, dst)
 
 
-def _p_name(p: float) -> str:
-    return f"p{p:g}".replace(".", "")
+def _p_name(p: float | None) -> str:
+    """Folder / key of one kind of data: p05 for context P = 0.5, data for the user's --data."""
+    return "data" if p is None else f"p{p:g}".replace(".", "")
 
 
 def run(ctx: StageContext) -> None:
     from banacli.errors import ConfigError
 
     cfg: DemoConfig = ctx.section
+    if cfg.quick:
+        cfg = cfg.model_copy(update={"seeds": QUICK_SEEDS, "seg_seeds": 1, "p0": False})
+    user_data = ctx.data_root  # --data ROOT: the comparison on the user's dataset instead of synthetic data
     if cfg.out is None:
         raise ConfigError("bana demo: OUT folder is required")
     if cfg.seg_seeds > cfg.seeds:
@@ -161,7 +182,12 @@ def run(ctx: StageContext) -> None:
     jobs, threads = _jobs_and_threads(cfg.jobs)
     workers = cfg.workers if jobs == 1 else max(1, cfg.workers // jobs)
     t0 = time.perf_counter()
-    contexts = [cfg.context] + ([0.0] if cfg.p0 and cfg.context != 0.0 else [])
+    contexts: list[float | None] = [cfg.context] + ([0.0] if cfg.p0 and cfg.context != 0.0 else [])
+    if user_data is not None:
+        if not (Path(user_data) / "ImageSets" / "Segmentation" / "val.txt").is_file():
+            raise ConfigError(f"bana demo --data {user_data}: no ImageSets/Segmentation/val.txt (a VOC-layout dataset "
+                              "with train and val splits and ground-truth masks is needed)")
+        contexts = [None]
 
     # tasks: independent chains of steps; phase 1 (classifiers and their labels) before phase 2
     # (DeepLab on BAP's labels). The report lists every task's commands in this order.
@@ -174,22 +200,24 @@ def run(ctx: StageContext) -> None:
         layout[pname] = []
         for k, seed in enumerate(seed_list):
             base = out / pname / f"seed{seed}"
-            data, runs = base / "data", base / "runs"
-            with_seg = p == cfg.context and k < cfg.seg_seeds
+            data, runs = (base / "data" if p is not None else Path(user_data)), base / "runs"
+            with_seg = p == contexts[0] and k < cfg.seg_seeds
             layout[pname].append((seed, runs, with_seg))
-            if not (data / "ImageSets" / "Segmentation" / "val.txt").is_file():
+            if p is not None and not (data / "ImageSets" / "Segmentation" / "val.txt").is_file():
                 synth_tasks.append([("stage", "synth", "synth", {"out": data, "images": cfg.images, "val": cfg.val,
                                                                  "size": cfg.size, "seed": seed, "context": p})])
             common = {"data": data, "set_": []}
-            cls_args = {"backbone": "tiny", "iterations": cfg.cls_iterations, "batch_size": cfg.batch_size,
+            cls_args = {"backbone": "tiny-bn", "iterations": cfg.cls_iterations, "batch_size": cfg.batch_size,
                         "crop_size": cfg.size, "lr": 0.01, "seed": seed, "resume": True}
-            first = k == 0 and p == cfg.context
+            first = k == 0 and p == contexts[0]
             for pooling in POOLINGS:
                 run_dir = runs / pooling
                 task = [("stage", "train-cls", "train-cls", {**common, "run": run_dir, "pooling": pooling, **cls_args,
-                         "set_": ["cls.weights=null", f"cls.lr_step={int(cfg.cls_iterations * 0.75)}"]}),
+                         "set_": ["cls.weights=null", f"cls.lr_step={int(cfg.cls_iterations * 0.75)}", *CLS_SET,
+                                  f"cls.val_every={cfg.cls_iterations}"]}),
                         ("stage", "gen-labels", "gen-labels", {**common, "run": run_dir, "workers": workers,
-                                                               "viz": 4 if first and pooling != "gap" else 0})]
+                                                               "viz": 4 if first and pooling != "gap" else 0,
+                                                               "set_": list(STAGE2_SET[pooling])})]
                 if pooling == "bap":
                     task += [("link", runs / "bap", runs / "bap-wo-u0", ("cls",)),
                              ("stage", "gen-labels", "gen-labels", {**common, "run": runs / "bap-wo-u0", "workers": workers,
@@ -222,13 +250,14 @@ def run(ctx: StageContext) -> None:
         results[pname] = {"context": p, "seeds": {}}
         for seed, runs, with_seg in layout[pname]:
             row = pseudo_row(runs)
+            results[pname].setdefault("classifiers", {})[str(seed)] = classifier_row(runs)
             if with_seg:
                 row.update(seg_row({"w/ Ycrf (CE)": runs / "seg-ycrf", "w/ NAL": runs / "seg-nal"}))
             results[pname]["seeds"][str(seed)] = row
     seconds = time.perf_counter() - t0
     for r in results.values():
         r["summary"] = summarise(r["seeds"])
-    write_report(out, ctx, results, commands, timings, seconds, cfg, threads, jobs)
+    write_report(out, ctx, results, commands, timings, seconds, cfg, threads, jobs, user_data)
     print_table(ctx, results)
     ctx.info(f"demo: finished in {seconds / 60:.1f} min; report in {out / 'report.md'}")
 
@@ -286,6 +315,20 @@ def pseudo_row(runs: Path) -> dict[str, float]:
             "BAP: Ycrf": bap["Ycrf"], "BAP: Ycrf w/o u0": wo["Ycrf"], "BAP: Yret": bap["Yret"]}
 
 
+def classifier_row(runs: Path) -> dict[str, dict]:
+    """Per pooling: the classifier's box accuracy and mAP on the val boxes (train-cls validation at
+    its last iteration; None when it was not run) and the background-attention check of its labels."""
+    from banacli.artifacts import read_sidecar
+
+    out = {}
+    for pooling in POOLINGS:
+        val = read_sidecar(runs / pooling / "cls" / "model.safetensors").get("metrics", {}).get("val") or {}
+        report = json.loads((runs / pooling / "labels" / "bana.report.json").read_text())
+        out[pooling] = {"accuracy": val.get("accuracy"), "map": val.get("map"), "boxes": val.get("boxes"),
+                        "attention": report.get("attention")}
+    return out
+
+
 def seg_row(seg_runs: dict[str, Path]) -> dict[str, float]:
     row = {}
     for label, run_dir in seg_runs.items():
@@ -301,22 +344,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def verdict(high: list[float], low: list[float]) -> tuple[str, float, float]:
-    """The demo's rule for a claim "high > low" over seeds: with d = mean(high) - mean(low) and
-    the pooled standard deviation s = sqrt((s_high^2 + s_low^2) / 2), the claim **holds** when
-    d > 2 s, **does not hold** when d < -2 s (the opposite order is separable), and is
-    **not separable** otherwise, and always with fewer than two seeds (no spread to judge by)."""
-    import math
-
-    (mh, sh), (ml, sl) = mean_std(high), mean_std(low)
-    d, s = mh - ml, math.sqrt((sh * sh + sl * sl) / 2)
-    if min(len(high), len(low)) < 2:
-        return "not separable", d, s
-    if d > 2 * s:
-        return "holds", d, s
-    if d < -2 * s:
-        return "does not hold", d, s
-    return "not separable", d, s
+ALPHA = 0.05  # level of the one-sided paired t-test of every claim
 
 
 def summarise(seeds: dict[str, dict[str, float]]) -> dict:
@@ -330,8 +358,7 @@ def summarise(seeds: dict[str, dict[str, float]]) -> dict:
     for name, hi, lo in CLAIMS + SEG_CLAIMS:
         if hi in stats and lo in stats:
             keep = [v for v in seeds.values() if hi in v and lo in v]
-            v, d, s = verdict([x[hi] for x in keep], [x[lo] for x in keep])
-            claims[name] = {"verdict": v, "difference": d, "pooled_std": s, "n": len(keep)}
+            claims[name] = paired_comparison([x[hi] for x in keep], [x[lo] for x in keep], alpha=ALPHA).as_dict()
     return {"rows": stats, "claims": claims}
 
 
@@ -356,11 +383,40 @@ def table_markdown(result: dict, rows: tuple[str, ...], what: str) -> list[str]:
     return lines
 
 
+def _num(x, fmt: str) -> str:
+    return "—" if x is None or x != x else format(x, fmt)
+
+
 def claims_markdown(result: dict) -> list[str]:
-    lines = []
-    for name, c in result["summary"]["claims"].items():
-        lines.append(f"- {name}: **{c['verdict']}** (difference of means {100 * c['difference']:+.1f}, "
-                     f"pooled std {100 * c['pooled_std']:.1f}, n = {c['n']})")
+    """One row per claim "A > B": the paired statistics of d = A - B over the seeds."""
+    claims = result["summary"]["claims"]
+    if not claims:
+        return []
+    lines = ["| claim (A above B) | verdict | mean d ± se | d > 0 / d < 0 | p (one-sided) | detectable d "
+             "| r(A, B) | n |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, c in claims.items():
+        lines.append(f"| {name} | **{c['verdict']}** | {_num(100 * c['mean'], '+.1f')} ± {_num(100 * c['se'], '.1f')} "
+                     f"| {c['positive']} / {c['negative']} | {_num(c['p_greater'], '.3f')} "
+                     f"| {_num(100 * c['detectable'], '.1f')} | {_num(c['correlation'], '+.2f')} | {c['n']} |")
+    return lines
+
+
+def classifiers_markdown(result: dict) -> list[str]:
+    """Box accuracy (%) of each classifier on the val boxes, per seed, and its labels' attention check."""
+    table = result.get("classifiers") or {}
+    if not table:
+        return []
+    used = list(table)
+    lines = ["| classifier | " + " | ".join(f"seed {s}" for s in used) + " |",
+             "| --- | " + " | ".join("---:" for _ in used) + " |"]
+    for pooling in POOLINGS:
+        cells = []
+        for s in used:
+            c = table[s].get(pooling, {})
+            att = c.get("attention") or {}
+            flag = " (degenerate attention)" if att.get("degenerate") else ""
+            cells.append((_pct(c["accuracy"]) if c.get("accuracy") is not None else "—") + flag)
+        lines.append(f"| {pooling} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -371,7 +427,9 @@ def print_table(ctx: StageContext, results: dict) -> None:
         return
     for pname, result in results.items():
         stats = result["summary"]["rows"]
-        t = Table(title=f"mIoU (%), synthetic data with context P = {result['context']:g}: mean ± std over seeds")
+        what = ("your data" if result["context"] is None else
+                f"synthetic data with context P = {result['context']:g}")
+        t = Table(title=f"mIoU (%), {what}: mean ± std over seeds")
         t.add_column("")
         t.add_column("mean ± std", justify="right")
         t.add_column("paper (VOC)", justify="right")
@@ -384,7 +442,7 @@ def print_table(ctx: StageContext, results: dict) -> None:
 
 
 def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str], timings: dict, seconds: float,
-                 cfg, threads: int, jobs: int = 1) -> None:
+                 cfg, threads: int, jobs: int = 1, user_data: Path | None = None) -> None:
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
     import os
     import platform
@@ -396,14 +454,15 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
 
     pics = out / "pictures"
     pics.mkdir(parents=True, exist_ok=True)
-    main = _p_name(cfg.context)
+    main = _p_name(None if user_data is not None else cfg.context)
+    main_what = f"data {user_data}" if user_data is not None else f"context P = {cfg.context:g}"
     viz_lines = []
     for pooling in ("bap", "gap-paper"):
         viz = sorted((out / main / f"seed{seed_list[0]}" / "runs" / pooling / "labels" / "viz").glob("*.png"))
         for q in viz:
             shutil.copy2(q, pics / f"{pooling}-{q.name}")
         if viz:
-            viz_lines += [f"### {pooling} (context P = {cfg.context:g}, seed {seed_list[0]})", "",
+            viz_lines += [f"### {pooling} ({main_what}, seed {seed_list[0]})", "",
                           *[f"![{pooling} {q.name}](pictures/{pooling}-{q.name})" for q in viz], ""]
     load = ""
     try:
@@ -414,13 +473,20 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
         "# bana demo report", "",
         f"bana {__version__}, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs{load}, "
         f"**{threads} torch thread{'s' if threads > 1 else ''} per run**"
-        f"{f', {jobs} runs at once' if jobs > 1 else ''}, device {ctx.device}. Per seed: {cfg.images} train + {cfg.val} val synthetic "
-        f"images of {cfg.size} px; seeds {', '.join(map(str, seed_list))} (each seed is its own dataset and its "
-        f"own training runs); {seconds / 60:.1f} min in all.", "",
+        f"{f', {jobs} runs at once' if jobs > 1 else ''}, device {ctx.device}. Per seed: "
+        + (f"the data set {user_data}, crops of {cfg.size} px" if user_data is not None else
+           f"{cfg.images} train + {cfg.val} val synthetic images of {cfg.size} px")
+        + f"; seeds {', '.join(map(str, seed_list))} (each seed has its own training runs and, with synthetic "
+        f"data, its own dataset); {seconds / 60:.1f} min in all.", "",
         "How to read this: each number is an mIoU (%). Pseudo labels are scored on the train split against the "
-        "synthetic ground truth, DeepLab on the val split. A claim of the paper **holds** when the difference of the "
-        "means exceeds twice the pooled standard deviation over seeds, **does not hold** when the opposite order "
-        "does, and is **not separable** otherwise. Nothing was tuned to make a claim hold.", "",
+        "synthetic ground truth, DeepLab on the val split. All methods of a seed share its data set, so each claim "
+        "\"A above B\" is judged on the per-seed differences d = A - B (banacli/stats.py): mean(d) ± its standard "
+        "error, how many seeds have d > 0 and d < 0, and a one-sided paired t-test at alpha = "
+        f"{ALPHA:g}. The claim **holds** when the test rejects \"A <= B\", **does not hold** when it rejects "
+        "\"A >= B\", and is **not separable** otherwise. \"detectable d\" is the smallest mean difference this "
+        "run's spread of d would have called significant (at 50 % power); r(A, B) is the correlation of the two "
+        "methods over the seeds (near 1: pairing removes the seed-to-seed spread; near 0: each run's own training "
+        "noise dominates). Nothing was tuned to make a claim hold.", "",
         "Thread count: with the same seed and the same number of torch threads per run two runs print identical "
         "numbers, however many runs go at once (--jobs). "
         "With another thread count, floating-point sums are taken in another order, so the numbers can change "
@@ -428,18 +494,27 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
     ]
     for pname, result in results.items():
         p = result["context"]
-        title = (f"## Context P = {p:g} (a share P of the images draw their background from a habitat tied to the "
-                 f"class of one of their objects; docs/synthetic.md)" if p > 0 else
-                 "## P = 0 (backgrounds independent of the classes)")
+        if p is None:
+            title = f"## Your data: {user_data}"
+        else:
+            title = (f"## Context P = {p:g} (a share P of the images draw their background from a habitat tied to the "
+                     f"class of one of their objects; docs/synthetic.md)" if p > 0 else
+                     "## P = 0 (backgrounds independent of the classes)")
         lines += [title, "", *table_markdown(result, PSEUDO_ROWS, "pseudo labels (train)"), ""]
         seg = table_markdown(result, SEG_ROWS, "DeepLab, tiny (val)")
         if seg:
             lines += [*seg, ""]
         lines += ["What the paper claims, on this data:", "", *claims_markdown(result), ""]
+        cls = classifiers_markdown(result)
+        if cls:
+            lines += ["Box accuracy (%) of each stage-1 classifier on the val boxes (argmax over the object "
+                      "classes; chance 20 % with five classes):", "", *cls, ""]
     lines += [
         "GAP-paper is the paper's GAP baseline (no background samples in training); GAP (bana) keeps the background "
-        "grid cells as class-0 samples. Both get their Ycrf from the same stage 2 as BAP (docs/bap-vs-gap.md says "
-        "where the background score comes from).", "",
+        "grid cells as class-0 samples. Both make their Ycrf as the paper's GAP row does, from CAMs and DenseCRF: "
+        "the background score is the background CAM (labels.use_u0=false), since the attention u0 of Eq. 7 is part "
+        "of BAP (docs/bap-vs-gap.md). \"degenerate attention\": gen-labels found u0 near-constant on most checked "
+        "images (RUN/labels/bana.report.json, 'attention').", "",
         "## Pseudo labels: image + boxes, u0, CAMs, ~S, Ycrf, Yret", "", *viz_lines,
         "## Time per step, summed over seeds and datasets", "",
         "| step | wall s | CPU s (this process + finished workers) |", "| --- | ---: | ---: |",

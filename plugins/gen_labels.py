@@ -27,6 +27,9 @@ def run(ctx: StageContext) -> None:
             from banacli.instances.pseudo_masks import write_instance_results  # hook: RUN/labels/instances_<set>.json
             write_instance_results(ctx, done.ds, done.out_dirs)
             report = quality_report(done.ds, done.out_dirs, len(done.ds.class_names))
+            attention = check_attention(ctx, done.ds) if done.labeler.needs_classifier else None
+            if report is not None and attention is not None:
+                report["attention"] = attention
             if report is not None:
                 atomic_write_json(ctx.stage_dir / f"{done.labeler.name}.report.json", report)
                 print_report(ctx, report)
@@ -35,6 +38,57 @@ def run(ctx: StageContext) -> None:
             from banacli.engine.dist import DistInfo, shutdown_distributed
 
             shutdown_distributed(DistInfo(rank=done.rank, world=done.world))
+
+
+ATTENTION_CHECK_IMAGES = 16  # images of the split whose background attention is checked
+
+
+def check_attention(ctx: StageContext, ds) -> dict[str, Any] | None:
+    """Is the background attention of this run's classifier usable as u0 (Eq. 7)? On the first
+    ATTENTION_CHECK_IMAGES images: the mean share of in-box pixels where step 3 keeps A, and the
+    images where it is degenerate (:data:`banacli.ops.pseudo.DEGENERATE_KEPT_SHARE`, near-constant
+    A: every box would be labelled background). Warns on a degenerate attention and when u0 comes
+    from the attention of a classifier not trained with BAP (the paper's GAP row uses CAMs and
+    DenseCRF: labels.use_u0=false). None when u0 is not used (labels.use_u0=false)."""
+    import numpy as np
+    import torch
+
+    from banacli.labeling import compute_features, load_feature_model
+    from banacli.ops.pseudo import DEGENERATE_KEPT_SHARE, attention_is_degenerate, image_attention_kept
+
+    cfg: LabelsConfig = ctx.section
+    if not cfg.use_u0:
+        return None
+    model, _, norm, meta = load_feature_model(ctx.run_dir / "cls" / "model.safetensors", torch.device("cpu"),
+                                              ds.class_names, cfg.class_agnostic)
+    pooling = ((meta.get("config") or {}).get("cls") or {}).get("pooling")
+    if pooling not in (None, "bap"):
+        ctx.info(f"warning: gen-labels: the classifier was trained with cls.pooling={pooling}, but u0 comes from "
+                 "its background attention, a part of BAP; the paper's GAP baseline makes its labels from the "
+                 "CAMs and DenseCRF only (--set labels.use_u0=false)")
+    shares, degenerate = [], []
+    for i in range(min(ATTENTION_CHECK_IMAGES, len(ds))):
+        s = ds.load(i)
+        if len(s.boxes) == 0:
+            continue
+        feats = compute_features(model, norm, [s.image], torch.device("cpu"))[0]
+        share = image_attention_kept(feats, s.image.shape[:2], s.boxes, grid_size=cfg.grid_size,
+                                     threshold=cfg.bg_threshold)
+        shares.append(share)
+        if attention_is_degenerate(share):
+            degenerate.append(s.id)
+    if not shares:
+        return None
+    out = {"images_checked": len(shares), "kept_in_boxes": float(np.mean(shares)),
+           "degenerate_images": len(degenerate), "degenerate_limit": DEGENERATE_KEPT_SHARE,
+           "degenerate": len(degenerate) * 2 > len(shares), "classifier_pooling": pooling}
+    if degenerate:
+        ctx.info(f"warning: gen-labels: the background attention is degenerate (near-constant) on "
+                 f"{len(degenerate)} of {len(shares)} checked images: step 3 keeps A on at least "
+                 f"{DEGENERATE_KEPT_SHARE:.0%} of their box pixels, so u0 makes (almost) every box background "
+                 f"(mean {out['kept_in_boxes']:.0%} of box pixels); the classifier's features do not separate "
+                 f"objects from background. Recorded in the report ('attention').")
+    return out
 
 
 def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str, Any] | None:

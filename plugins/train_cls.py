@@ -42,11 +42,11 @@ def _collate(batch):
     return out
 
 
-def build_classifier(backbone: str, weights, num_classes: int):
+def build_classifier(backbone: str, weights, num_classes: int, dropout: float | None = None):
     from banacli.models.backbones import build_backbone
     from banacli.models.classifier import BAPClassifier
 
-    return BAPClassifier(build_backbone(backbone, weights=weights), num_classes)
+    return BAPClassifier(build_backbone(backbone, weights=weights, dropout=dropout), num_classes)
 
 
 def run(ctx: StageContext) -> None:
@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> None:
     from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.engine import (
         init_distributed, log_line_for, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
-        wrap_ddp,
+        warmup_factor, wrap_ddp,
     )
 
     cfg: ClsConfig = ctx.section
@@ -68,12 +68,12 @@ def run(ctx: StageContext) -> None:
         if info.is_main:
             check_crop_size(ctx, ds, cfg.crop_size, key="cls.crop_size")
         torch.manual_seed(cfg.seed)
-        model = build_classifier(cfg.backbone, cfg.weights, len(ds.class_names)).to(info.device)
+        model = build_classifier(cfg.backbone, cfg.weights, len(ds.class_names), cfg.dropout).to(info.device)
         norm = model.backbone.normalization
         optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         net = wrap_ddp(model, info)
-        augment = JointAugment(cfg.crop_size, mean_rgb=mean_rgb(norm))
+        augment = JointAugment(cfg.crop_size, scale=cfg.scale, mean_rgb=mean_rgb(norm))
         train_set = _ClsTrainSet(ds, augment)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
 
@@ -99,7 +99,8 @@ def run(ctx: StageContext) -> None:
         with ctx.progress() as prog:
             result = train_loop(
                 model=net, optimizer=optimizer, batches=batches, step=step,
-                lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step), iterations=cfg.iterations,
+                lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step) * warmup_factor(it, cfg.warmup),
+                iterations=cfg.iterations,
                 out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every,
                 log_every=cfg.log_every, resume=cfg.resume, amp=cfg.amp,
                 progress=prog if info.is_main else None, config_meta=digest,
@@ -108,6 +109,11 @@ def run(ctx: StageContext) -> None:
                 tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
             )
         seconds = time.perf_counter() - t0
+        if validate is not None and validate.last is None and info.is_main:  # resumed at the end: nothing ran
+            model.eval()
+            with torch.no_grad():
+                validate(result.iteration)
+            model.train()
         weights_digest = _state_digest(model)
         digests = _gather(weights_digest, info)
         if info.is_main:

@@ -22,13 +22,13 @@ from banacli.engine.evaluate import average_precision, classify_boxes, segment_m
 from banacli.engine.logs import log_line_for, write_loss_log
 from banacli.engine.loop import LoopResult, LoopSpec, train_loop
 from banacli.engine.sampling import SeededBatchSampler, batch_for_iteration, make_loader, sample_seed, seeded_batches
-from banacli.engine.schedule import poly_lr, step_lr
+from banacli.engine.schedule import poly_lr, step_lr, warmup_factor
 from banacli.engine.stop import Stopped
 
 __all__ = [
     "CHECKPOINT", "DistInfo", "LoopResult", "LoopSpec", "SeededBatchSampler", "Stopped", "average_precision",
     "barrier", "batch_for_iteration", "classify_boxes", "config_differences", "init_distributed", "load_checkpoint",
     "log_line_for", "make_loader", "per_rank_batch", "poly_lr", "read_checkpoint_state", "resolve_device",
-    "sample_seed", "save_checkpoint", "seeded_batches", "segment_miou", "shutdown_distributed", "step_lr",
+    "sample_seed", "save_checkpoint", "seeded_batches", "segment_miou", "shutdown_distributed", "step_lr", "warmup_factor",
     "train_loop", "wrap_ddp", "write_loss_log",
 ]

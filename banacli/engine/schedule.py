@@ -15,6 +15,11 @@ def step_lr(base: float, iteration: int, step: int) -> float:
     return base * (0.1 if iteration >= step else 1.0)
 
 
+def warmup_factor(iteration: int, warmup: int) -> float:
+    """Linear warm-up: (iteration + 1) / warmup for the first ``warmup`` iterations, then 1."""
+    return min(1.0, (iteration + 1) / warmup) if warmup > 0 else 1.0
+
+
 def poly_lr(base: float, iteration: int, total: int, power: float = 0.9) -> float:
     """Poly schedule (train-seg): base * (1 - it/total)^power."""
     return base * (1.0 - iteration / total) ** power

@@ -7,7 +7,7 @@ expect, stored with every checkpoint).
 
 ``weights`` (see :func:`resolve_weights`):
 - ``None``, ``"none"``, ``"null"``: random init.
-- ``"auto"`` (the config default): ImageNet for vgg16/resnet50/resnet101, random init for tiny.
+- ``"auto"`` (the config default): ImageNet for vgg16/resnet50/resnet101, random init for tiny(-bn).
 - ``"imagenet"`` or a torchvision enum name — ``"IMAGENET1K_V1"``, ``"DEFAULT"``,
   ``"VGG16_Weights.IMAGENET1K_V1"`` — torchvision's weights through its weight enums
   (downloaded into the torch hub cache, or read from it). Offline this is a one-line BanaError
@@ -30,7 +30,7 @@ vgg16         file           TORCHVISION if its keys are torchvision's (features
                              CAFFE if they are ours / the authors' (conv1_1 ... fc7,
                              i.e. a Caffe-converted VGG-16)
 resnet50/101  any            TORCHVISION (torchvision ResNet weights are RGB/std)
-tiny          None or file   TORCHVISION (unit-variance inputs train from scratch)
+tiny, tiny-bn None or file   TORCHVISION (unit-variance inputs train from scratch)
 ============ ============== ======================================================
 """
 
@@ -58,7 +58,9 @@ from banacli.models.vgg16 import (
     vgg16_from_torchvision_state,
 )
 
-BACKBONES: tuple[str, ...] = ("vgg16", "resnet50", "resnet101", "tiny")
+BACKBONES: tuple[str, ...] = ("vgg16", "resnet50", "resnet101", "tiny", "tiny-bn")
+# fc6/fc7 dropout when the caller does not choose: the SPEC's 0.5, none for tiny-bn (models/tiny.py)
+DEFAULT_DROPOUT: dict[str, float] = {"vgg16": 0.5, "tiny": 0.5, "tiny-bn": 0.0}
 _log = logging.getLogger("bana")
 
 
@@ -90,7 +92,7 @@ def resolve_weights(name: str, weights: str | Path | None) -> tuple[str, Any]:
     if text.lower() in ("", *NO_WEIGHTS):
         return "none", None
     if text.lower() == "auto":
-        return ("none", None) if name == "tiny" else ("torchvision", _imagenet_enum(name))
+        return ("none", None) if name in ("tiny", "tiny-bn") else ("torchvision", _imagenet_enum(name))
     if Path(text).is_file():
         return "file", Path(text)
     match = _ENUM_RE.fullmatch(text)
@@ -150,12 +152,16 @@ def load_state_file(path: str | Path) -> dict[str, Tensor]:
 
 
 def build_backbone(
-    name: str, *, weights: str | Path | None = None, fc6_dilation: int = 1, dropout: float = 0.5
+    name: str, *, weights: str | Path | None = None, fc6_dilation: int = 1, dropout: float | None = None
 ) -> nn.Module:
     """Build backbone ``name`` (one of BACKBONES); see the module docstring for ``weights``.
-    ``fc6_dilation`` and ``dropout`` (of fc6/fc7) apply to vgg16 and tiny only."""
+    ``fc6_dilation`` and ``dropout`` (of fc6/fc7; None = DEFAULT_DROPOUT) apply to vgg16 and the
+    tiny backbones only."""
     if name not in BACKBONES:
         raise BanaError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if dropout is not None and name not in DEFAULT_DROPOUT:
+        raise BanaError(f"dropout applies to {', '.join(DEFAULT_DROPOUT)} only, not {name}")
+    dropout = DEFAULT_DROPOUT.get(name, 0.5) if dropout is None else float(dropout)
     kind, what = resolve_weights(name, weights)
     info: dict[str, Any] = {"weights": None if weights is None else str(weights), "kind": kind}
     if kind == "torchvision":
@@ -175,9 +181,9 @@ def build_backbone(
             sd = load_state_file(what)
             info["sha256"] = sha256_file(what)
 
-    if name in ("vgg16", "tiny"):
+    if name in ("vgg16", "tiny", "tiny-bn"):
         model: nn.Module = (VGG16(fc6_dilation=fc6_dilation, dropout=dropout) if name == "vgg16"
-                            else tiny_vgg(fc6_dilation=fc6_dilation, dropout=dropout))
+                            else tiny_vgg(fc6_dilation=fc6_dilation, dropout=dropout, batch_norm=name == "tiny-bn"))
         model.normalization = dict(CAFFE if name == "vgg16" else TORCHVISION)
         if sd is not None:
             if is_torchvision_vgg_state(sd):
@@ -195,8 +201,8 @@ def build_backbone(
                 model.normalization = dict(CAFFE)  # our / the authors' names: Caffe-converted
             load_vgg16_state(model, sd, source=source)
     else:
-        if fc6_dilation != 1 or dropout != 0.5:
-            raise BanaError(f"fc6_dilation and dropout apply to vgg16/tiny only, not {name}")
+        if fc6_dilation != 1:
+            raise BanaError(f"fc6_dilation applies to vgg16/tiny only, not {name}")
         model = ResNetBackbone(name)
         model.normalization = dict(TORCHVISION)
         if sd is not None:

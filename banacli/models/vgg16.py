@@ -5,7 +5,9 @@ padding 1 after each block, stride 2 after blocks 1-3 and stride 1 after blocks 
 dilated by 2; a 3x3 average pool (stride 1, padding 1); fc6 = 3x3 conv 512->1024 (dilation
 ``fc6_dilation``: 1 for the classifier, 12 for DeepLab-LargeFOV) + ReLU + Dropout2d(0.5);
 fc7 = 1x1 conv 1024->1024 + ReLU + Dropout2d(0.5). ``dropout=0`` leaves both dropouts out (the
-tiny DeepLab, :mod:`banacli.models.deeplab`).
+tiny DeepLab, :mod:`banacli.models.deeplab`). ``batch_norm=True`` (not the SPEC's network; the
+``tiny-bn`` backbone, :mod:`banacli.models.tiny`) puts a BatchNorm2d between each of the 15
+convolutions and its ReLU.
 
 Parameters are registered as ``conv1_1.weight, conv1_1.bias, ..., conv5_3.bias, fc6.weight,
 fc6.bias, fc7.weight, fc7.bias`` in that order, so the authors' plain state dict converts 1:1.
@@ -42,6 +44,7 @@ class VGG16(nn.Module):
         widths: Sequence[int] = VGG16_WIDTHS,
         fc_channels: int = 1024,
         dropout: float = 0.5,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if len(widths) != 5:
@@ -51,6 +54,7 @@ class VGG16(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.fc6_dilation = int(fc6_dilation)
+        self.batch_norm = bool(batch_norm)
         in_ch = 3
         # Registration order == parameter order (conv1_1 ... conv5_3, fc6, fc7).
         for (block, n), width in zip(_BLOCKS, widths):
@@ -69,8 +73,17 @@ class VGG16(nn.Module):
         # p = 0: no dropout module at all
         self.drop6 = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.drop7 = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        # batch_norm: a BatchNorm2d between every convolution and its ReLU, named "<conv>_bn";
+        # registered after fc7 so the conv1_1 ... fc7 parameters keep their names and order
+        if self.batch_norm:
+            for name in (*CONV_NAMES, "fc6", "fc7"):
+                self.add_module(f"{name}_bn", nn.BatchNorm2d(getattr(self, name).out_channels))
         self.out_channels = fc_channels
         self.reset_parameters()
+
+    def _conv(self, name: str, x: Tensor) -> Tensor:
+        x = getattr(self, name)(x)
+        return getattr(self, f"{name}_bn")(x) if self.batch_norm else x
 
     def reset_parameters(self) -> None:
         """Random init: Kaiming-normal (fan_out, ReLU) conv weights, zero biases."""
@@ -83,11 +96,11 @@ class VGG16(nn.Module):
         # x: (B, 3, H, W) normalised -> (B, out_channels, ceil(H/8), ceil(W/8))
         for (block, n), pool in zip(_BLOCKS, self.pools):
             for i in range(1, n + 1):
-                x = self.relu(getattr(self, f"conv{block}_{i}")(x))
+                x = self.relu(self._conv(f"conv{block}_{i}", x))
             x = pool(x)
         x = self.avgpool(x)
-        x = self.drop6(self.relu(self.fc6(x)))
-        x = self.drop7(self.relu(self.fc7(x)))
+        x = self.drop6(self.relu(self._conv("fc6", x)))
+        x = self.drop7(self.relu(self._conv("fc7", x)))
         return x
 
 

@@ -32,8 +32,13 @@ Poolings (``pooling=``):
 - ``gap-paper``: the paper's GAP baseline (Sec. 4.2, "a CNN with GAP for image
   classification"): A = 0 and no background samples; the loss is the softmax
   cross-entropy of the foreground bins only (the background class of the classifier then
-  gets no positive sample). Its pseudo labels are made by the same stage 2 as BAP's (see
-  docs/bap-vs-gap.md for where the background score comes from).
+  gets no positive sample).
+
+Stage 2 of each pooling (docs/bap-vs-gap.md): the background attention u0 of Eq. 7 is "a
+by-product of our BAP"; the paper's GAP row is made "using CAMs and DenseCRF" (Sec. 4.2), so a
+GAP classifier's labels take their background score from the background CAM
+(``labels.use_u0=false``, what the demo does). gen-labels warns when u0 comes from the
+attention of a classifier not trained with BAP, and when that attention is degenerate.
 """
 
 from __future__ import annotations

@@ -70,6 +70,10 @@ __all__ = [
     "refine_with_crf",
     "retrieve_labels",
     "generate_pseudo_labels",
+    "DEGENERATE_KEPT_SHARE",
+    "attention_kept_share",
+    "attention_is_degenerate",
+    "image_attention_kept",
 ]
 
 _EPS_NORM = 1e-12  # as F.normalize: x / max(||x||, eps)
@@ -137,6 +141,7 @@ class PseudoLabels:
     probs: np.ndarray  # (n, H, W) float32 CRF input
     marginals: np.ndarray  # (n, H, W) float32 CRF output, zeroed outside class boxes
     correlations: dict[int, np.ndarray]  # class (incl. 0) -> float32 C_c (Eq. 9, masked)
+    attention_kept: float = float("nan")  # share of in-box pixels where step 3 kept A (u0 = A > 0)
 
 
 # --------------------------------------------------------------------------- features
@@ -465,6 +470,48 @@ def background_attention(
     return attn.astype(np.float32)
 
 
+# A background attention is degenerate when step 3 keeps it on at least this share of the
+# pixels inside the boxes: then u0 ~ max A on (almost) every box pixel, and since u_c <= 1
+# Eq. 7 makes (almost) every box background. Seen with a classifier whose features share one
+# direction (mean cosine ~ 1, A ~ 1 everywhere), which a relative threshold cannot reject.
+# A working BAP classifier keeps A on roughly a fifth of the in-box pixels (docs/bap-vs-gap.md).
+DEGENERATE_KEPT_SHARE = 0.9
+
+
+def attention_kept_share(attention: np.ndarray, inside: np.ndarray) -> float:
+    """Share of the pixels inside the boxes where the thresholded attention (step 3) is non-zero,
+    i.e. where Eq. 7 sets u0 = A; NaN when no pixel is inside a box."""
+    inside = np.asarray(inside, dtype=bool)
+    n = int(inside.sum())
+    if n == 0:
+        return float("nan")
+    return float(np.count_nonzero(np.asarray(attention)[inside] > 0) / n)
+
+
+def image_attention_kept(
+    feats: torch.Tensor | np.ndarray,
+    size: tuple[int, int],
+    boxes: np.ndarray | Sequence[Sequence[float]],
+    *,
+    grid_size: int = 1,
+    threshold: float = 0.99,
+) -> float:
+    """Steps 1–3 for one image and :func:`attention_kept_share` of the result: the share of its
+    in-box pixels where u0 = A (feats (C, h, w), size (H, W), boxes (K, 4) as everywhere here)."""
+    height, width = size
+    ext = box_extents(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), height, width)
+    inside = _union_mask(ext, height, width)
+    field_ = FeatureField(feats, (height, width))
+    attention = background_attention(field_, ~inside, grid_size=grid_size, threshold=threshold)
+    return attention_kept_share(attention, inside)
+
+
+def attention_is_degenerate(kept_share: float, limit: float = DEGENERATE_KEPT_SHARE) -> bool:
+    """True when the thresholded attention covers at least ``limit`` of the in-box pixels
+    (see DEGENERATE_KEPT_SHARE); NaN (no box) is not degenerate."""
+    return bool(kept_share >= limit)
+
+
 # --------------------------------------------------------------------------- steps 4–6
 
 
@@ -710,4 +757,5 @@ def generate_pseudo_labels(
         probs=unaries.probs,
         marginals=marginals,
         correlations=corr,
+        attention_kept=attention_kept_share(attention, inside),
     )

@@ -16,7 +16,7 @@ from banacli.models.normalize import CAFFE, TORCHVISION, normalize
 from banacli.models.resnet import load_resnet_state
 from banacli.models.vgg16 import vgg16_from_torchvision_state, vgg16_parameter_names
 
-OUT_CHANNELS = {"vgg16": 1024, "resnet50": 2048, "resnet101": 2048, "tiny": 128}
+OUT_CHANNELS = {"vgg16": 1024, "resnet50": 2048, "resnet101": 2048, "tiny": 128, "tiny-bn": 128}
 
 
 def test_registry_lists_every_backbone_with_expected_channels():
@@ -71,6 +71,34 @@ def test_vgg16_topology_details():
     assert lfov.fc6.dilation == (12, 12) and lfov.fc6.padding == (12, 12)
     tiny = build_backbone("tiny", fc6_dilation=12)
     assert tiny(torch.zeros(1, 3, 64, 64)).shape == (1, 128, 8, 8)
+
+
+def test_tiny_bn_is_tiny_with_batch_norm_and_no_dropout():
+    torch.manual_seed(0)
+    tiny = build_backbone("tiny")
+    torch.manual_seed(0)
+    bn = build_backbone("tiny-bn")
+    names = [n for n, _ in tiny.named_parameters()]
+    bn_names = [n for n, _ in bn.named_parameters()]
+    assert bn_names[: len(names)] == names  # tiny's names and order first, then the norms
+    assert all(n.split(".")[0].endswith("_bn") for n in bn_names[len(names):]) and len(bn_names) == len(names) + 30
+    for n, p in tiny.named_parameters():  # the same random init of the shared parameters
+        torch.testing.assert_close(dict(bn.named_parameters())[n], p)
+    assert isinstance(bn.drop6, torch.nn.Identity) and isinstance(tiny.drop6, torch.nn.Dropout2d)
+    assert bn.normalization == tiny.normalization == TORCHVISION
+    # eval mode: each conv's output is normalised with the running statistics before the ReLU
+    bn.eval()
+    bn.conv1_1_bn.running_mean.fill_(1e6)  # every conv1_1 pre-activation far below zero ...
+    assert bn(torch.zeros(1, 3, 16, 16)).shape == (1, 128, 2, 2)
+    x = bn.relu(bn._conv("conv1_1", torch.randn(1, 3, 16, 16)))
+    assert x.abs().max() == 0  # ... so the ReLU after it is zero everywhere
+
+
+def test_dropout_is_a_choice_of_vgg_backbones_only():
+    assert isinstance(build_backbone("tiny", dropout=0.0).drop6, torch.nn.Identity)
+    assert build_backbone("tiny-bn", dropout=0.3).drop7.p == 0.3
+    with pytest.raises(BanaError, match="dropout"):
+        build_backbone("resnet50", dropout=0.0)
 
 
 def test_normalize_caffe_and_torchvision_by_hand():

@@ -14,7 +14,10 @@ from banacli.ops.pseudo import (
     background_attention,
     box_extents,
     compute_unaries,
+    attention_is_degenerate,
+    attention_kept_share,
     generate_pseudo_labels,
+    image_attention_kept,
 )
 
 # --------------------------------------------------------------------------- hand-built scene
@@ -143,6 +146,41 @@ def test_without_u0_uses_background_cam():
     np.testing.assert_allclose(out.u0[inside & (expected == 0)], 1.0, atol=1e-6)
     np.testing.assert_allclose(out.u0[expected > 0], 0.0, atol=1e-6)
     np.testing.assert_array_equal(out.ycrf, expected)
+
+
+def _collapsed_scene():
+    """The scene as a classifier whose features share one direction sees it (issue 22: gap-paper,
+    mean cosine 0.998 between feature pixels): a large common component, the classes small on top."""
+    image, feats, weight, expected = _scene()
+    collapsed = 0.03 * feats
+    collapsed[3] += 1.0
+    return image, collapsed, weight, expected
+
+
+def test_near_constant_attention_is_degenerate_and_collapses_u0_labels():
+    image, feats, weight, expected = _collapsed_scene()
+    out = generate_pseudo_labels(image, feats, weight, BOXES, LABELS)
+    # A ~ 1 on every pixel: the relative threshold keeps it on every box pixel ...
+    assert out.attention_kept == pytest.approx(1.0)
+    assert attention_is_degenerate(out.attention_kept)
+    assert image_attention_kept(feats, (H, W), BOXES) == pytest.approx(out.attention_kept)
+    # ... and Eq. 7 turns every box into background: the collapse the check exists for
+    assert not (out.ycrf > 0).any() and (expected > 0).any()
+    # the paper's GAP stage 2 (CAMs and DenseCRF: background CAM, no attention) labels the objects
+    cam = generate_pseudo_labels(image, feats, weight, BOXES, LABELS, PseudoLabelParams(use_u0=False))
+    np.testing.assert_array_equal(cam.ycrf, expected)
+
+
+def test_separating_attention_is_not_degenerate():
+    image, feats, weight, _ = _scene()
+    out = generate_pseudo_labels(image, feats, weight, BOXES, LABELS)
+    inside = _inside_mask()
+    # A is kept on exactly the in-box background pixels (which look like the background outside)
+    expected_share = (inside & (out.u0 > 0)).sum() / inside.sum()
+    assert out.attention_kept == pytest.approx(expected_share) and 0 < out.attention_kept < 0.9
+    assert not attention_is_degenerate(out.attention_kept)
+    assert np.isnan(attention_kept_share(np.ones((H, W)), np.zeros((H, W), dtype=bool)))  # no box pixel
+    assert not attention_is_degenerate(float("nan"))
 
 
 def test_no_boxes_is_all_background():

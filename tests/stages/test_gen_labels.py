@@ -191,3 +191,52 @@ def test_dask_backend_on_a_local_cluster(tiny_data, fresh_cls_run, tmp_path, app
     assert res.exit_code == 0, res.output
     a, b = _labels(reference, "Ycrf"), _labels(fresh_cls_run, "Ycrf")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _make_features_constant(run):
+    """Turn the run's classifier into one whose features are the same vector at every pixel (fc7
+    weight 0, bias 1): the limit of the gap-paper classifier of issue 22 (mean cosine 0.998)."""
+    import torch
+
+    from banacli.artifacts import read_sidecar, save_model
+    from banacli.runs import load_classifier
+
+    path = run / "cls" / "model.safetensors"
+    model, meta = load_classifier(path)
+    with torch.no_grad():
+        model.backbone.fc7.weight.zero_()
+        model.backbone.fc7.bias.fill_(1.0)
+    side = read_sidecar(path)
+    config = dict(side["config"])
+    config["cls"] = {**config["cls"], "pooling": "gap-paper"}
+    save_model(path, model.state_dict(), arch=side["arch"], class_names=side["class_names"],
+               normalization=side["normalization"], config=config)
+
+
+def test_degenerate_attention_is_a_warning_and_in_the_report(tiny_data, fresh_cls_run, app):
+    run = fresh_cls_run
+    _make_features_constant(run)
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--workers", 1])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "background attention is degenerate" in text
+    assert "trained with cls.pooling=gap-paper" in text and "labels.use_u0=false" in text
+    att = json.loads((run / "labels" / "bana.report.json").read_text())["attention"]
+    assert att["degenerate"] and att["degenerate_images"] == att["images_checked"] > 0
+    assert att["kept_in_boxes"] == pytest.approx(1.0)
+    # the labels collapse as the check says: no box pixel is foreground
+    assert all(not (lab > 0).any() for lab in _labels(run).values())
+
+
+def test_attention_check_of_a_trained_classifier_and_without_u0(tiny_data, fresh_cls_run, app, tmp_path):
+    run = fresh_cls_run
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", run, "--workers", 1])
+    assert res.exit_code == 0, res.output
+    att = json.loads((run / "labels" / "bana.report.json").read_text())["attention"]
+    assert att["classifier_pooling"] == "bap" and 0.0 <= att["kept_in_boxes"] <= 1.0
+    assert att["images_checked"] == min(16, len((tiny_data / "ImageSets/Segmentation/train.txt").read_text().split()))
+    other = tmp_path / "wo"
+    shutil.copytree(run / "cls", other / "cls")
+    res = invoke(app, ["gen-labels", "--data", tiny_data, "--run", other, "--workers", 1, "--set", "labels.use_u0=false"])
+    assert res.exit_code == 0, res.output
+    assert "attention" not in json.loads((other / "labels" / "bana.report.json").read_text())  # u0 not used

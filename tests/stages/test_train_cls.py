@@ -17,6 +17,12 @@ def _losses(run):
     return [(int(r.split(",")[0]), float(r.split(",")[1])) for r in rows]
 
 
+def _rows(run):
+    head, *rows = (run / "cls" / "loss.csv").read_text().strip().splitlines()
+    keys = head.split(",")
+    return [dict(zip(keys, map(float, r.split(",")))) for r in rows]
+
+
 def test_batches_are_a_function_of_seed_and_iteration():
     a = [batch_for_iteration(10, 4, 7, it) for it in range(6)]
     assert a == [batch_for_iteration(10, 4, 7, it) for it in range(6)]
@@ -101,3 +107,24 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_data, tmp_path):
     digests = meta["rank_weight_sha256"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert sorted(p.name for p in (run / "cls").glob("checkpoint*")) == ["checkpoint.safetensors"]
+
+
+def test_warmup_and_scale_of_the_recipe(tiny_data, app, tmp_path):
+    from banacli.config import ClsConfig
+    from banacli.engine import warmup_factor
+
+    assert [warmup_factor(it, 4) for it in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+    with pytest.raises(ValueError, match="lo <= hi"):
+        ClsConfig(scale=(1.5, 0.5))
+    run = tmp_path / "run"
+    res = invoke(app, ["train-cls", "--data", tiny_data, "--run", run, "--iterations", 6, *TINY_CLS,
+                       "--backbone", "tiny-bn", "--set", "cls.warmup=4", "--set", "cls.scale=[0.75,1.25]",
+                       "--set", "cls.val_every=6"])
+    assert res.exit_code == 0, res.output
+    lrs = [row["lr"] for row in _rows(run)]
+    base = lrs[-1]
+    assert lrs[:4] == pytest.approx([base * f for f in (0.25, 0.5, 0.75, 1.0)])
+    meta = load_model(run / "cls" / "model.safetensors", arch="bap-classifier/tiny-bn")[1]
+    assert meta["config"]["cls"]["scale"] == [0.75, 1.25]
+    assert 0.0 <= meta["metrics"]["val"]["accuracy"] <= 1.0 and meta["metrics"]["val"]["boxes"] > 0
