@@ -16,6 +16,9 @@ and the labeling counterpart, pseudo labels for boxes you give (the stage-1 clas
 same inference as ``bana predict`` without DenseCRF: multi-scale (eval.scales of the model's
 config) with flips; ``ms=False, flip=False`` gives one pass; ``crf=True`` adds DenseCRF.
 ``probabilities`` returns the (K, H, W) class probabilities.
+
+``run_stage("train-cls", {"run": "runs/toy", "data": "data/toy"})`` runs one stage in this
+process as ``bana train-cls --run runs/toy --data data/toy`` would (``bana demo`` does this).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Segmenter", "Labeler", "LabelResult"]
+__all__ = ["Segmenter", "Labeler", "LabelResult", "run_stage"]
 
 
 def _rgb(image: Any) -> np.ndarray:
@@ -324,3 +327,16 @@ def default_max_side() -> int | None:
     from banacli.config import DataConfig
 
     return DataConfig().max_side
+
+
+def run_stage(name: str, values: dict[str, Any], *, stages: dict | None = None) -> int:
+    """Run ``bana NAME`` in this process, as the command line would: ``values`` holds the options
+    by parameter name (``run``, ``data``, ``config``, ``set_``, ``quiet``, ``device`` and the
+    section's keys); ``stages`` the discovered stages (discovered again when None). Returns the
+    exit code; a failure prints its one error line as the command line does."""
+    # the host (typer, rich) is loaded only by a caller that runs stages, not by Segmenter users
+    from banacli.cli import build_stage_model, run_stage as run_parsed
+    from banacli.stage import discover_stages
+
+    stages = discover_stages() if stages is None else stages
+    return run_parsed(stages[name], build_stage_model(stages), values)

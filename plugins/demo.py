@@ -108,14 +108,12 @@ def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | Non
 
     import torch
 
-    from banacli.cli import build_stage_model, run_stage
+    from banacli.api import run_stage
     from banacli.errors import BanaError
     from banacli.stage import discover_stages
-
     from banacli.threads import ENV
 
     stages = discover_stages()
-    model = build_stage_model(stages)
     keep, keep_env = torch.get_num_threads(), os.environ.get(ENV)
     if threads is not None:
         os.environ[ENV] = str(threads)
@@ -130,7 +128,7 @@ def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | Non
             if echo is not None:
                 echo(command)
             t, c = time.perf_counter(), _cpu_seconds()
-            code = run_stage(stages[name], model, {"quiet": quiet, "device": device, **values})
+            code = run_stage(name, {"quiet": quiet, "device": device, **values}, stages=stages)
             torch.set_num_threads(keep)  # a stage must not leave its thread count to the next
             if code:
                 raise BanaError(f"demo: step '{command}' failed (exit {code}); see the message above")

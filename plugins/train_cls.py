@@ -57,8 +57,8 @@ def run(ctx: StageContext) -> None:
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.engine import (
-        init_distributed, log_line_for, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
-        warmup_factor, wrap_ddp,
+        gather_object, init_distributed, log_line_for, per_rank_batch, shutdown_distributed, state_digest, step_lr,
+        seeded_batches, train_loop, warmup_factor, wrap_ddp,
     )
 
     cfg: ClsConfig = ctx.section
@@ -114,8 +114,8 @@ def run(ctx: StageContext) -> None:
             with torch.no_grad():
                 validate(result.iteration)
             model.train()
-        weights_digest = _state_digest(model)
-        digests = _gather(weights_digest, info)
+        weights_digest = state_digest(model)
+        digests = gather_object(weights_digest, info)
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             save_model(
@@ -173,26 +173,6 @@ def _cls_validator(ctx: StageContext, model, norm, info):
 
 
 run.writes_own_config = True  # config.yaml is written once training starts (cli.run_stage)
-
-
-def _state_digest(model) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _gather(value: str, info) -> list[str]:
-    if not info.enabled:
-        return [value]
-    import torch.distributed as dist
-
-    out: list = [None] * info.world
-    dist.all_gather_object(out, value)
-    return out
 
 
 stage = Stage(

@@ -114,7 +114,8 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
             if not p.is_file():
                 raise DataError(f"{p}: instance mask not found (inst.targets=gt needs {OBJECT_DIR}/ID.png for every training image)")
         return None, None
-    from bana_plugins.train_seg import check_labels, label_sets
+    from banacli.labeling.registry import label_sets
+    from banacli.outputs import check_labels
 
     try:
         crf_name, ret_name = label_sets(cfg.labels)
@@ -134,7 +135,8 @@ def run(ctx: StageContext) -> None:
     from banacli.models.normalize import TORCHVISION
     from banacli.runs import config_digest, dataset_digest, open_dataset
     from banacli.engine import (
-        LoopSpec, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, train_loop, wrap_ddp,
+        LoopSpec, gather_object, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, state_digest,
+        train_loop, wrap_ddp,
     )
 
     cfg: InstConfig = ctx.section
@@ -179,9 +181,7 @@ def run(ctx: StageContext) -> None:
                 on_start=ctx.save_resolved_config,
             ))
         seconds = time.perf_counter() - t0
-        from bana_plugins.train_cls import _gather, _state_digest
-
-        digests = _gather(_state_digest(model), info)  # DDP: every rank must end with the same weights
+        digests = gather_object(state_digest(model), info)  # DDP: every rank must end with the same weights
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             inputs = {"dataset": dataset_digest(ds)}

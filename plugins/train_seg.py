@@ -10,17 +10,6 @@ from banacli.config import SegConfig
 from banacli.stage import Stage, StageContext
 
 
-def label_sets(method: str) -> tuple[str, str]:
-    """Folders under RUN/labels/ used as (Ycrf, Yret) for a labeler; single-set labelers give
-    the same folder twice, so every pixel is in S and NAL reduces to plain cross-entropy."""
-    if method == "bana":
-        return "Ycrf", "Yret"
-    from banacli.labeling.registry import label_set_names
-
-    names = label_set_names(method)
-    return names[0], names[-1]
-
-
 class _SegTrainSet:
     """(index, seed) -> one augmented image with its Ycrf, Yret (and ground truth) crops."""
 
@@ -74,27 +63,6 @@ def _collate(batch):
     }
 
 
-def check_labels(ds, folders: list[Path], skipped: dict[str, str] | None = None) -> None:
-    """Every training image needs its pseudo labels; fail before training with the first missing
-    file. ``skipped`` ({id: reason}, from gen-labels) tells an image gen-labels left out on
-    purpose from a label that is missing because gen-labels did not finish."""
-    from banacli.errors import ArtifactError
-
-    skipped = skipped or {}
-    for folder in folders:
-        if not folder.is_dir():
-            raise ArtifactError(f"{folder}: pseudo labels not found (run bana gen-labels first)")
-        for image_id in ds.ids:
-            path = folder / f"{image_id}.png"
-            if path.is_file():
-                continue
-            if image_id in skipped:
-                raise ArtifactError(
-                    f"{path}: no pseudo label because gen-labels skipped this image on purpose "
-                    f"({skipped[image_id]}); fix it, or train without it with --set data.on_error=skip")
-            raise ArtifactError(f"{path}: pseudo label missing (rerun bana gen-labels)")
-
-
 def run(ctx: StageContext) -> None:
     import torch
 
@@ -105,7 +73,8 @@ def run(ctx: StageContext) -> None:
     from banacli.models.deeplab import build_segmenter, upsample_logits
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.ops.nal import bootstrap_beta, seg_loss
-    from banacli.outputs import read_skipped
+    from banacli.outputs import check_labels, read_skipped
+    from banacli.labeling.registry import label_sets
     from banacli.runs import check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.engine import (
         LoopSpec, init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches,

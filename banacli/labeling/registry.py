@@ -120,3 +120,12 @@ def get_labeler(name: str) -> Labeler:
 def label_set_names(method: str) -> tuple[str, ...]:
     """The folders under RUN/labels/ that a labeler writes."""
     return get_labeler(method).outputs
+
+
+def label_sets(method: str) -> tuple[str, str]:
+    """Folders under RUN/labels/ used as (Ycrf, Yret) for a labeler; single-set labelers give
+    the same folder twice, so every pixel is in S and NAL reduces to plain cross-entropy."""
+    if method == "bana":
+        return "Ycrf", "Yret"
+    names = label_set_names(method)
+    return names[0], names[-1]
