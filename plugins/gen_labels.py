@@ -97,11 +97,11 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     (paper Table 1 and Fig. 4b). None when no image of the split has ground truth."""
     import numpy as np
 
+    from banacli.boxes import box_extents
     from banacli.data.palette import load_label_png
     from banacli.data.voc import resize_label
     from banacli.ops.labelers import box_labeler
     from banacli.ops.metrics import ConfusionMeter
-    from banacli.ops.pseudo import box_extents
 
     names = list(out_dirs)
     meters = {n: ConfusionMeter(num_classes, class_names=ds.class_names) for n in [*names, "Box"]}

@@ -18,7 +18,7 @@ class _ClsTrainSet:
         return len(self.ds)
 
     def __getitem__(self, key):
-        from banacli.data.transforms import definite_background_tensor
+        from banacli.boxes import definite_background_tensor
         from banacli.runs import seeded
 
         index, seed = key

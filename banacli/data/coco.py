@@ -48,14 +48,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from banacli.boxes import box_pixel_ranges, definite_background
 from banacli.data.palette import VOID
 from banacli.data.voc import (
     Sample,
     _SampleDataset,
     _check_class_names,
-    box_pixel_ranges,
     check_image,
-    definite_background,
     read_image,
     reduced_size,
     shrink_sample,

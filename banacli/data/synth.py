@@ -37,13 +37,13 @@ import numpy as np
 from PIL import Image
 
 from banacli.artifacts import atomic_write_bytes, atomic_write_text
+from banacli.boxes import box_pixel_ranges
 from banacli.data.palette import VOID, save_label_png
 from banacli.data.voc import (
     ANNOTATION_DIR,
     IMAGE_DIR,
     SPLIT_DIR,
     VOCDataset,
-    box_pixel_ranges,
 )
 from banacli.errors import DataError
 

@@ -147,7 +147,8 @@ class ImageLabels:
 
 def image_labels(ds, labels: LabelSet, index: int, fallback: str) -> ImageLabels:
     """Read one image's label PNG and cut it into the boxes' instance masks."""
-    from banacli.data.voc import box_pixel_ranges, check_image
+    from banacli.boxes import box_pixel_ranges
+    from banacli.data.voc import check_image
     from banacli.ops.instances import box_instance_masks
 
     if fallback not in FALLBACKS:
