@@ -76,26 +76,22 @@ class Segmenter:
 
     def probabilities(self, image: Any, *, ms: bool = True, flip: bool = True) -> np.ndarray:
         """(K, H, W) float32 class probabilities."""
-        import torch
-
-        from banacli.models.normalize import normalize
-        from banacli.ops.infer import DEFAULT_SCALES, predict_probs
+        from banacli.ops.infer import DEFAULT_SCALES, image_probs
 
         arr = self._image(image)
         scales = self.meta.get("config", {}).get("eval", {}).get("scales") or list(DEFAULT_SCALES)
-        x = normalize(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].to(self.device),
-                      self.meta["normalization"])
-        probs = predict_probs(self.model, x, scales=scales if ms else [1.0], flip=flip)[0]
+        probs = image_probs(self.model, arr, self.meta["normalization"], self.device,
+                            scales=scales if ms else [1.0], flip=flip)
         return probs.float().cpu().numpy()
 
     def predict(self, image: Any, *, ms: bool = True, flip: bool = True, crf: bool = False) -> np.ndarray:
         """(H, W) uint8 mask of class ids (0 background, i -> ``class_names[i]``)."""
         probs = self.probabilities(image, ms=ms, flip=flip)
         if crf:
-            from banacli.ops.crf import CRFParams, dense_crf
+            from banacli.ops.crf import CRFParams, crf_labels
 
             params = self.meta.get("config", {}).get("eval", {}).get("crf_params") or [4, 121, 5, 3, 3]
-            return dense_crf(self._image(image), probs, CRFParams.from_list(params)).argmax(0).astype(np.uint8)
+            return crf_labels(self._image(image), probs, CRFParams.from_list(params))
         return probs.argmax(0).astype(np.uint8)
 
 

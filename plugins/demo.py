@@ -283,14 +283,15 @@ def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: 
     if jobs == 1 or len(tasks) <= 1:  # one task of a --jobs run keeps that run's thread count
         return [_run_task(t, quiet=ctx.quiet, device=ctx.device, threads=threads if jobs > 1 else None, echo=echo)
                 for t in tasks]
-    from joblib import Parallel, delayed
+    from joblib import delayed
+
+    from banacli.labeling.workers import lazy_unordered
 
     out: list = [None] * len(tasks)
     calls = (delayed(_indexed)(k, t, ctx.device, threads) for k, t in enumerate(tasks))
     with ctx.progress() as prog:
         bar = prog.add_task(f"demo: {what}, {jobs} at once", total=len(tasks), status="")
-        parallel = Parallel(n_jobs=min(jobs, len(tasks)), backend="loky", return_as="generator_unordered")
-        for k, steps in parallel(calls):
+        for k, steps in lazy_unordered(calls, min(jobs, len(tasks)), backend="loky"):
             out[k] = steps
             for _, command, wall, _ in steps:
                 ctx.logger.info("$ %s (%.0f s)", command, wall)

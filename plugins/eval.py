@@ -92,9 +92,9 @@ def confusion_with_void(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> n
 
 def crf_confusion(image: np.ndarray, probs: np.ndarray, gt: np.ndarray, params: Any, num_classes: int) -> np.ndarray:
     """One image's CRF refinement and its confusion counts (a joblib task: module-level, small result)."""
-    from banacli.ops.crf import dense_crf
+    from banacli.ops.crf import crf_labels
 
-    pred = dense_crf(image, probs, params).argmax(0)
+    pred = crf_labels(image, probs, params)
     return confusion_with_void(pred, gt, num_classes)
 
 
@@ -176,13 +176,11 @@ class _Skips:
 
 def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
               advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    import torch
-
     from banacli.data.voc import find_gt, find_image, read_image
     from banacli.errors import BanaError
-    from banacli.models.normalize import normalize
+    from banacli.labeling.workers import lazy_unordered
     from banacli.ops.crf import CRFParams
-    from banacli.ops.infer import predict_probs
+    from banacli.ops.infer import image_probs
     from banacli.runs import load_segmenter, model_path
 
     k = len(class_names)
@@ -205,8 +203,7 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
                 skips.handle(image_id, exc)
                 advance()
                 continue
-            x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
-            probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
+            probs = image_probs(model, image, norm, device, scales=scales, flip=cfg.flip)  # (K, H, W)
             yield image, probs, gt
 
     cm = np.zeros((k, k + 1), dtype=np.int64)
@@ -219,12 +216,12 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
             cm += crf_confusion(image, probs.cpu().numpy(), gt, params, k)
             advance()
     else:
-        from joblib import Parallel, delayed
+        from joblib import delayed
 
         # Lazy: joblib pulls the next image (and runs the network on it) only as CRF workers
         # free up, so at most about 2 x workers probability maps are held at once.
         tasks = (delayed(crf_confusion)(image, probs.cpu().numpy(), gt, params, k) for image, probs, gt in images())
-        for part in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
+        for part in lazy_unordered(tasks, cfg.workers):
             cm += part
             advance()
     settings = {

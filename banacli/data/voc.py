@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from banacli.boxes import box_pixel_ranges, definite_background
+from banacli.boxes import box_pixel_ranges, definite_background  # noqa: F401  (box_pixel_ranges re-exported)
 from banacli.data.palette import VOID, load_label_png
 from banacli.errors import DataError
 

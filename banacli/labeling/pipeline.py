@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from joblib import Parallel, delayed, parallel_config
+from joblib import delayed, parallel_config
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 from banacli.artifacts import remove_stale_temp_files
@@ -26,7 +26,7 @@ from banacli.labeling.manifest import decide_manifest, label_params
 from banacli.labeling.registry import get_labeler
 from banacli.labeling.workers import (
     ImageTask, WorkerSetup, available_memory, dask_client, forget_classifier, keep_classifier_here, label_image,
-    output_is_valid, worker_died, worker_memory, worker_warnings,
+    lazy_unordered, output_is_valid, worker_died, worker_memory, worker_warnings,
 )
 from banacli.outputs import write_skipped
 from banacli.runs import RunDir, dataset_digest, open_dataset
@@ -241,8 +241,7 @@ def label_split(ctx) -> LabelRun:
     try:
         with parallel_config(backend="dask" if client is not None else "loky"), ctx.progress() as prog:
             task_id = prog.add_task("gen-labels", total=len(mine), completed=done, status="")
-            runner = Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-            for image_id in runner(tasks()):
+            for image_id in lazy_unordered(tasks(), cfg.workers):
                 labelled.append(image_id)
                 prog.update(task_id, advance=1, status=image_id)
     except TerminatedWorkerError as exc:
