@@ -56,7 +56,9 @@ class Segmenter:
     @classmethod
     def from_run(cls, run: str | os.PathLike, *, device: str = "cpu", best: bool = False) -> Segmenter:
         """Load RUN/seg/model.safetensors (or RUN/seg/best.safetensors with ``best``)."""
-        path = Path(run) / "seg" / ("best.safetensors" if best else "model.safetensors")
+        from banacli.runs import RunDir
+
+        path = RunDir(run).best_model("seg") if best else RunDir(run).model("seg")
         return cls.from_file(path, device=device)
 
     @classmethod
@@ -171,8 +173,10 @@ class Labeler:
         defaults; ``params`` overrides single keys (``{"bg_threshold": 0.9}``)."""
         import json
 
-        run = Path(run)
-        manifest_path = run / "labels" / "bana.manifest.json"
+        from banacli.runs import RunDir
+
+        run = RunDir(run)
+        manifest_path = run.manifest("bana")
         manifest: dict[str, Any] = {}
         if manifest_path.is_file():
             try:
@@ -182,7 +186,7 @@ class Labeler:
         base = manifest.get("params") or default_label_params()
         if max_side == "auto":
             max_side = manifest["max_side"] if "max_side" in manifest else default_max_side()
-        return cls.from_file(run / "cls" / "model.safetensors", device=device, params={**base, **(params or {})},
+        return cls.from_file(run.model("cls"), device=device, params={**base, **(params or {})},
                              max_side=max_side, feature_cache=feature_cache)
 
     @classmethod

@@ -81,16 +81,20 @@ def resolve_data_root(digest: dict[str, Any]) -> dict[str, Any]:
 
 
 MODEL_FILE = "model.safetensors"
+BEST_MODEL_FILE = "best.safetensors"
 MANIFEST_SUFFIX = ".manifest.json"
+REPORT_SUFFIX = ".report.json"
 
 
 class RunDir:
     """The layout of a run directory, in one place:
 
     - ``RUN/<section>/``: what the stage owning a config section writes (``cls``, ``labels``, ``seg``,
-      ``inst``, ``eval``, ``export``, ...), with its ``model.safetensors`` for the training stages;
+      ``inst``, ``eval``, ``export``, ...), with its ``model.safetensors`` for the training stages
+      (and train-seg's ``best.safetensors`` with validation);
     - ``RUN/labels/<set>/ID.png``: one label set of gen-labels (``Ycrf``, ``Yret``, ``Box``, ...);
-    - ``RUN/labels/<method>.manifest.json``: what made the label sets of one labeler.
+    - ``RUN/labels/<method>.manifest.json``: what made the label sets of one labeler;
+      ``RUN/labels/<method>.report.json`` its scores.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -102,6 +106,9 @@ class RunDir:
     def model(self, section: str) -> Path:
         return self.stage(section) / MODEL_FILE
 
+    def best_model(self, section: str) -> Path:
+        return self.stage(section) / BEST_MODEL_FILE
+
     @property
     def labels(self) -> Path:
         return self.stage("labels")
@@ -111,6 +118,14 @@ class RunDir:
 
     def manifest(self, method: str) -> Path:
         return self.labels / f"{method}{MANIFEST_SUFFIX}"
+
+    @property
+    def label_viz(self) -> Path:
+        """gen-labels' pictures (``labels.viz``)."""
+        return self.labels / "viz"
+
+    def label_report(self, method: str) -> Path:
+        return self.labels / f"{method}{REPORT_SUFFIX}"
 
     def manifest_methods(self) -> list[str]:
         """The methods that have a manifest in this run, sorted."""

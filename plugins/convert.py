@@ -63,6 +63,7 @@ def run(ctx: StageContext) -> None:
     )
     from banacli.errors import ArtifactError, ConfigError
     from banacli.models.normalize import NORMALIZATIONS
+    from banacli.runs import model_path
 
     cfg: ConvertConfig = ctx.section
     if cfg.src is None:
@@ -72,7 +73,7 @@ def run(ctx: StageContext) -> None:
     if cfg.out is not None:
         out = Path(cfg.out)
     elif ctx.run_dir is not None:
-        out = ctx.run_dir / cfg.kind / "model.safetensors"
+        out = model_path(ctx.run_dir, cfg.kind)
     else:
         raise ConfigError("bana convert: give --out FILE or --run RUN")
     if out.suffix != ".safetensors":

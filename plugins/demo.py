@@ -306,8 +306,10 @@ def _indexed(k: int, task: list[tuple], device: str, threads: int) -> tuple[int,
 
 
 def pseudo_row(runs: Path) -> dict[str, float]:
+    from banacli.runs import RunDir
+
     def report(name: str) -> dict:
-        return json.loads((runs / name / "labels" / "bana.report.json").read_text())["miou"]
+        return json.loads(RunDir(runs / name).label_report("bana").read_text())["miou"]
 
     bap, gap, paper, wo = report("bap"), report("gap"), report("gap-paper"), report("bap-wo-u0")
     return {"Box": bap["Box"], "GAP-paper: Ycrf": paper["Ycrf"], "GAP (bana): Ycrf": gap["Ycrf"],
@@ -318,11 +320,12 @@ def classifier_row(runs: Path) -> dict[str, dict]:
     """Per pooling: the classifier's box accuracy and mAP on the val boxes (train-cls validation at
     its last iteration; None when it was not run) and the background-attention check of its labels."""
     from banacli.artifacts import read_sidecar
+    from banacli.runs import RunDir
 
     out = {}
     for pooling in POOLINGS:
-        val = read_sidecar(runs / pooling / "cls" / "model.safetensors").get("metrics", {}).get("val") or {}
-        report = json.loads((runs / pooling / "labels" / "bana.report.json").read_text())
+        val = read_sidecar(RunDir(runs / pooling).model("cls")).get("metrics", {}).get("val") or {}
+        report = json.loads(RunDir(runs / pooling).label_report("bana").read_text())
         out[pooling] = {"accuracy": val.get("accuracy"), "map": val.get("map"), "boxes": val.get("boxes"),
                         "attention": report.get("attention")}
     return out
@@ -450,6 +453,7 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
 
     from banacli import __version__
     from banacli.artifacts import atomic_write_json, atomic_write_text
+    from banacli.runs import RunDir
 
     pics = out / "pictures"
     pics.mkdir(parents=True, exist_ok=True)
@@ -457,7 +461,7 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
     main_what = f"data {user_data}" if user_data is not None else f"context P = {cfg.context:g}"
     viz_lines = []
     for pooling in ("bap", "gap-paper"):
-        viz = sorted((out / main / f"seed{seed_list[0]}" / "runs" / pooling / "labels" / "viz").glob("*.png"))
+        viz = sorted(RunDir(out / main / f"seed{seed_list[0]}" / "runs" / pooling).label_viz.glob("*.png"))
         for q in viz:
             shutil.copy2(q, pics / f"{pooling}-{q.name}")
         if viz:

@@ -238,13 +238,14 @@ def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names
     from banacli.data.voc import find_gt, load_sample
     from banacli.errors import ArtifactError, BanaError
     from banacli.ops.labelers import box_labeler
+    from banacli.runs import RunDir
 
     k = len(class_names)
     cm = np.zeros((k, k + 1), dtype=np.int64)
     if cfg.labels == "box":
         settings: dict[str, Any] = {"labels": "box", "source": "boxes of ROOT/Annotations (box-as-mask)"}
     else:
-        folder = ctx.run_dir / "labels" / LABEL_FOLDERS[cfg.labels]
+        folder = RunDir(ctx.run_dir).label_set(LABEL_FOLDERS[cfg.labels])
         if not folder.is_dir():
             raise ArtifactError(f"{folder}: no pseudo labels (run bana gen-labels --split {cfg.split} first)")
         settings = {"labels": cfg.labels, "source": str(folder)}
@@ -316,7 +317,7 @@ def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
     from banacli.errors import ArtifactError, DataError
     from banacli.instances.coco_ap import METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row
     from banacli.instances.pseudo_masks import box_results
-    from banacli.runs import open_dataset
+    from banacli.runs import RunDir, open_dataset
 
     t0 = time.perf_counter()
     ds = open_dataset(ctx, cfg.split, with_gt=False)
@@ -328,7 +329,7 @@ def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
     keep = {im["id"] for im in gt["images"]}
     settings: dict[str, Any] = {"instances": cfg.instances}
     if cfg.instances == "labels":
-        label_dir = ctx.run_dir / "labels"
+        label_dir = RunDir(ctx.run_dir).labels
         info_path = label_dir / "instances.json"
         if info_path.is_file():
             made_on = json.loads(info_path.read_text()).get("split")

@@ -20,6 +20,7 @@ from banacli.stage import Stage, StageContext
 def run(ctx: StageContext) -> None:
     from banacli.artifacts import atomic_write_json
     from banacli.labeling import label_split
+    from banacli.runs import RunDir
 
     done = label_split(ctx)
     try:
@@ -31,7 +32,7 @@ def run(ctx: StageContext) -> None:
             if report is not None and attention is not None:
                 report["attention"] = attention
             if report is not None:
-                atomic_write_json(ctx.stage_dir / f"{done.labeler.name}.report.json", report)
+                atomic_write_json(RunDir(ctx.run_dir).label_report(done.labeler.name), report)
                 print_report(ctx, report)
     finally:
         if done.world > 1:
@@ -55,11 +56,12 @@ def check_attention(ctx: StageContext, ds) -> dict[str, Any] | None:
 
     from banacli.labeling import compute_features, load_feature_model
     from banacli.ops.pseudo import DEGENERATE_KEPT_SHARE, attention_is_degenerate, image_attention_kept
+    from banacli.runs import RunDir
 
     cfg: LabelsConfig = ctx.section
     if not cfg.use_u0:
         return None
-    model, _, norm, meta = load_feature_model(ctx.run_dir / "cls" / "model.safetensors", torch.device("cpu"),
+    model, _, norm, meta = load_feature_model(RunDir(ctx.run_dir).model("cls"), torch.device("cpu"),
                                               ds.class_names, cfg.class_agnostic)
     pooling = ((meta.get("config") or {}).get("cls") or {}).get("pooling")
     if pooling not in (None, "bap"):

@@ -55,7 +55,7 @@ def run(ctx: StageContext) -> None:
     from banacli.artifacts import save_model
     from banacli.data.transforms import JointAugment
     from banacli.models.normalize import mean_rgb, normalize
-    from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
+    from banacli.runs import RunDir, check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.engine import (
         gather_object, init_distributed, log_line_for, per_rank_batch, shutdown_distributed, state_digest, step_lr,
         seeded_batches, train_loop, warmup_factor, wrap_ddp,
@@ -119,7 +119,7 @@ def run(ctx: StageContext) -> None:
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             save_model(
-                ctx.stage_dir / "model.safetensors", model.state_dict(),
+                RunDir(ctx.run_dir).model("cls"), model.state_dict(),
                 arch=cls_arch(cfg.backbone), class_names=ds.class_names, normalization=norm,
                 config=ctx.config.model_dump(mode="json"),
                 inputs={"dataset": dataset_digest(ds)},
@@ -129,7 +129,7 @@ def run(ctx: StageContext) -> None:
                 extra={"world_size": info.world, "rank_weight_sha256": digests,
                        "init_weights": getattr(model.backbone, "init_weights", None)},
             )
-            ctx.info(f"train-cls: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
+            ctx.info(f"train-cls: final loss {final:.4f}; wrote {RunDir(ctx.run_dir).model('cls')}")
     finally:
         shutdown_distributed(info)
 

@@ -116,13 +116,14 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
         return None, None
     from banacli.labeling.registry import label_sets
     from banacli.outputs import check_labels
+    from banacli.runs import RunDir
 
     try:
         crf_name, ret_name = label_sets(cfg.labels)
     except Exception as exc:  # unknown labeler name
         raise ArtifactError(f"inst.labels={cfg.labels!r}: {exc}") from None
-    root = ctx.run_dir / "labels"
-    crf_dir, ret_dir = root / crf_name, root / ret_name
+    rundir = RunDir(ctx.run_dir)
+    crf_dir, ret_dir = rundir.label_set(crf_name), rundir.label_set(ret_name)
     check_labels(ds, [crf_dir, ret_dir])
     return crf_dir, ret_dir
 
@@ -133,7 +134,7 @@ def run(ctx: StageContext) -> None:
     from banacli.artifacts import save_model, sha256_file
     from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch
     from banacli.models.normalize import TORCHVISION
-    from banacli.runs import config_digest, dataset_digest, open_dataset
+    from banacli.runs import RunDir, config_digest, dataset_digest, open_dataset
     from banacli.engine import (
         LoopSpec, gather_object, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, state_digest,
         train_loop, wrap_ddp,
@@ -185,10 +186,10 @@ def run(ctx: StageContext) -> None:
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             inputs = {"dataset": dataset_digest(ds)}
-            manifest = ctx.run_dir / "labels" / f"{cfg.labels}.manifest.json"
+            manifest = RunDir(ctx.run_dir).manifest(cfg.labels)
             if cfg.targets == "pseudo" and manifest.is_file():
                 inputs["labels_manifest"] = sha256_file(manifest)
-            out = ctx.stage_dir / "model.safetensors"
+            out = RunDir(ctx.run_dir).model("inst")
             save_model(
                 out, model.state_dict(), arch=inst_arch(cfg.backbone), class_names=ds.class_names,
                 normalization=TORCHVISION, config=ctx.config.model_dump(mode="json"), inputs=inputs,

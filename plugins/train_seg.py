@@ -75,7 +75,7 @@ def run(ctx: StageContext) -> None:
     from banacli.ops.nal import bootstrap_beta, seg_loss
     from banacli.outputs import check_labels, read_skipped
     from banacli.labeling.registry import label_sets
-    from banacli.runs import check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
+    from banacli.runs import RunDir, check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.engine import (
         LoopSpec, init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches,
         train_loop, wrap_ddp,
@@ -87,9 +87,9 @@ def run(ctx: StageContext) -> None:
     try:
         ds = open_dataset(ctx, with_gt=data.gt_split is not None)
         crf_name, ret_name = label_sets(cfg.labels)
-        label_root = ctx.run_dir / "labels"
-        crf_dir, ret_dir = label_root / crf_name, label_root / ret_name
-        check_labels(ds, [crf_dir, ret_dir], read_skipped(label_root, cfg.labels))
+        rundir = RunDir(ctx.run_dir)
+        crf_dir, ret_dir = rundir.label_set(crf_name), rundir.label_set(ret_name)
+        check_labels(ds, [crf_dir, ret_dir], read_skipped(rundir.labels, cfg.labels))
         gt_ids: set[str] = set()
         if data.gt_split and getattr(ds, "format", "voc") == "coco":
             from banacli.errors import ConfigError
@@ -151,12 +151,12 @@ def run(ctx: StageContext) -> None:
         seconds = time.perf_counter() - t0
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
-            manifest = label_root / f"{cfg.labels}.manifest.json"
+            manifest = rundir.manifest(cfg.labels)
             inputs = {"dataset": dataset_digest(ds)}
             if manifest.is_file():
                 inputs["labels_manifest"] = sha256_file(manifest)
             save_model(
-                ctx.stage_dir / "model.safetensors", model.state_dict(), arch=seg_arch(cfg.model),
+                rundir.model("seg"), model.state_dict(), arch=seg_arch(cfg.model),
                 class_names=ds.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
                 inputs=inputs,
                 metrics={"final_loss": final, "iterations": result.iteration, "resumed_from": result.resumed_from,
@@ -165,7 +165,7 @@ def run(ctx: StageContext) -> None:
                 extra={"tau": cfg.tau, "world_size": info.world,
                        "init_weights": getattr(model.backbone, "init_weights", None)},
             )
-            ctx.info(f"train-seg: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
+            ctx.info(f"train-seg: final loss {final:.4f}; wrote {rundir.model('seg')}")
     finally:
         shutdown_distributed(info)
 
@@ -175,7 +175,7 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
     the best; one warning when, after a quarter of the iterations, the model still predicts
     background everywhere."""
     from banacli.artifacts import save_model
-    from banacli.runs import open_dataset, seg_arch
+    from banacli.runs import RunDir, open_dataset, seg_arch
     from banacli.engine import log_line_for, segment_miou
 
     cfg: SegConfig = ctx.section
@@ -194,7 +194,7 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
         st["last"] = {"iteration": done, **r}
         if st["best"] is None or r["miou"] > st["best"]["miou"]:
             st["best"] = {"iteration": done, **r}
-            save_model(ctx.stage_dir / "best.safetensors", model.state_dict(), arch=seg_arch(cfg.model),
+            save_model(RunDir(ctx.run_dir).best_model("seg"), model.state_dict(), arch=seg_arch(cfg.model),
                        class_names=val.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
                        metrics={"val_miou": r["miou"], "iteration": done, "val_split": data.val_split},
                        extra={"tau": cfg.tau})

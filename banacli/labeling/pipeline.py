@@ -156,8 +156,8 @@ def label_split(ctx) -> LabelRun:
             if cfg.workers == 1 and cfg.backend == "loky":  # joblib runs the one worker in this process
                 keep_classifier_here((model, weight, norm), (str(cls_path), cfg.class_agnostic, tuple(ds.class_names)))
             model = None  # each worker loads its own copy
-    out_root = ctx.stage_dir
-    out_dirs = {name: out_root / name for name in labeler.outputs}
+    out_root = run.labels  # ctx.stage_dir: labels is gen-labels' section
+    out_dirs = {name: run.label_set(name) for name in labeler.outputs}
     params = label_params(ctx.config)
     manifest = {
         "method": labeler.name, "split": split, "params": params,
@@ -166,7 +166,7 @@ def label_split(ctx) -> LabelRun:
         "max_side": ctx.config.data.max_side,  # images above it are labelled shrunk: another cap, other labels
     }
     out_root.mkdir(parents=True, exist_ok=True)
-    viz_dir = out_root / "viz"
+    viz_dir = run.label_viz
     if rank == 0 and shard[1] == 1:  # temp files of a killed earlier run; never another live shard's.
         # Before the manifest broadcast: under torchrun the other ranks wait for it, so this can
         # never delete a temp file another rank is about to rename into place.

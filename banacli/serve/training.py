@@ -183,8 +183,9 @@ class Trainer:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise DataError(f"train-cls exited with {proc.returncode}: {tail[0]}")
             from banacli.api import Labeler
+            from banacli.runs import RunDir
 
-            new = Labeler.from_file(out / "cls" / "model.safetensors", device=str(labeler.device),
+            new = Labeler.from_file(RunDir(out).model("cls"), device=str(labeler.device),
                                     params=labeler.params, max_side=labeler.max_side,
                                     feature_cache=labeler.feature_cache)
             if new.class_names != labeler.class_names:
