@@ -1,12 +1,12 @@
 """``bana eval``: mIoU of the segmenter (RUN/seg/) or of pseudo labels against the ground truth.
 
 One confusion matrix over every pixel whose ground truth is not void (255), summed over the
-split (SPEC "Evaluation"); per-class IoU, mIoU, pixel accuracy and mean accuracy are computed
-from it by :mod:`banacli.ops.metrics`. Images of the split without a ground-truth mask are
+split (docs/method.md, "Evaluation"); per-class IoU, mIoU, pixel accuracy and mean accuracy are
+computed from it by :mod:`banacli.ops.metrics`. Images of the split without a ground-truth mask are
 left out (and counted); a split with none is an error.
 
 Segmenter (``--what seg``): logits averaged over ``eval.scales`` and their flips, one softmax,
-DenseCRF ``eval.crf_params`` on the original RGB image, argmax (SPEC "Stage 3", inference).
+DenseCRF ``eval.crf_params`` on the original RGB image, argmax (docs/method.md, "Evaluation").
 The network runs in this process; the CRF steps run in ``--workers`` processes (joblib).
 The reference implementation hands DenseCRF the Caffe-normalised image cast to uint8; we give
 it the image itself, as DenseCRF intends.

@@ -1,4 +1,4 @@
-"""``bana gen-labels``: pseudo labels for every training image (SPEC stage 2).
+"""``bana gen-labels``: pseudo labels for every training image (docs/method.md, "Stage 2").
 
 The work is spread by :mod:`banacli.labeling`: on a CPU each joblib worker computes its own
 images' features and labels them; on a GPU this process computes features in batches and

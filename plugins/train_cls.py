@@ -1,4 +1,5 @@
-"""``bana train-cls``: the classification network with background-aware pooling (SPEC stage 1)."""
+"""``bana train-cls``: the classification network with background-aware pooling
+(docs/method.md, "Stage 1")."""
 
 from __future__ import annotations
 

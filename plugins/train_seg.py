@@ -1,5 +1,5 @@
 """``bana train-seg``: DeepLab (LargeFOV / ASPP / tiny) trained on pseudo labels with the
-noise-aware loss (SPEC stage 3). Reads RUN/labels/, writes RUN/seg/."""
+noise-aware loss (docs/method.md, "Stage 3"). Reads RUN/labels/, writes RUN/seg/."""
 
 from __future__ import annotations
 

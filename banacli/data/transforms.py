@@ -1,6 +1,6 @@
 """Joint transforms of an image, its boxes and its label masks, and a box-aware collate.
 
-Training augmentation (SPEC, stages 1 and 3): random scale in 0.5–1.5, horizontal flip,
+Training augmentation (docs/method.md, "Stage 1" and "Stage 3"): random scale in 0.5–1.5, horizontal flip,
 colour jitter (brightness, contrast, saturation 0.5), pad with the mean colour to at least
 the crop size and random-crop ``crop_size`` x ``crop_size``. Boxes follow every geometric
 step; boxes cropped away are dropped with their labels. Masks are padded with 255 (void) and

@@ -3,7 +3,7 @@
 A thin, validated wrapper around ``pydensecrf``: the unary is ``-log(prob)`` with the
 probabilities clipped to ``[UNARY_CLIP, 1]``, one Gaussian (smoothness) kernel and one
 bilateral (appearance) kernel on the original RGB image, ``iterations`` mean-field steps.
-The defaults are the reference pseudo-label setting (SPEC, stage 2, step 7):
+The defaults are the reference pseudo-label setting (docs/method.md, "Stage 2 — pseudo labels", step 7):
 ``DCRF = [bi_w 4, bi_xy 55, bi_rgb 3, pos_w 3, pos_xy 3]``, 10 iterations.
 """
 

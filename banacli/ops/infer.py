@@ -1,4 +1,4 @@
-"""Multi-scale, flipped inference for the segmenters (SPEC "Stage 3", Inference).
+"""Multi-scale, flipped inference for the segmenters (docs/method.md, "Evaluation").
 
 Logits (already tau-scaled cosines) are averaged over the scales and their horizontal
 flips at the input resolution, then turned into probabilities with one softmax. DenseCRF,

@@ -1,6 +1,6 @@
 """Stage 2 of BANA: pseudo labels Ycrf and Yret from a BAP classifier (paper Sec. 3.2).
 
-The steps follow SPEC.md, "Stage 2 — pseudo labels", 1–10 (10, writing PNGs, belongs to
+The steps follow docs/method.md, "Stage 2 — pseudo labels", 1–9 (writing the PNGs belongs to
 the stage, not to these pure functions):
 
 1. f = the classifier features, bilinearly upsampled (align_corners=True) to H×W.
@@ -338,7 +338,7 @@ def _as_weight(weight: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
 def _grid_cells(height: int, width: int, n: int) -> list[tuple[int, int, int, int]]:
     """Cells (y0, y1, x0, x1) of an N×N grid over the image padded to multiples of N.
 
-    Padding is split evenly, the odd pixel at the end (SPEC, Eq. 1); padded pixels are
+    Padding is split evenly, the odd pixel at the end (docs/method.md, "Stage 1", Eq. 1); padded pixels are
     never background, so cells are returned clipped to the image (possibly empty).
     """
 
@@ -606,7 +606,7 @@ def generate_pseudo_labels(
     exact: bool = False,
     ignore: np.ndarray | None = None,
 ) -> PseudoLabels:
-    """Ycrf and Yret for one image (SPEC stage 2, steps 1–9).
+    """Ycrf and Yret for one image (docs/method.md, "Stage 2 — pseudo labels", steps 1–9).
 
     image: (H, W, 3) uint8 RGB. feats: (C, h, w) classifier features of that image
     (stride 8). weight: classifier 1×1 conv weight (L+1, C[, 1, 1]); None is allowed in
