@@ -27,8 +27,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 
 import numpy as np
+from banacli.errors import DataError
 
 __all__ = ["Segmenter", "Labeler", "LabelResult", "run_stage"]
 
@@ -149,8 +154,6 @@ class Labeler:
     def __init__(self, model: Any, weight: np.ndarray | None, normalization: dict, meta: dict[str, Any],
                  params: dict[str, Any], *, max_side: int | None, device: Any = "cpu",
                  source: Path | None = None, feature_cache: int = 0) -> None:
-        import threading
-        from collections import OrderedDict
 
         from banacli.labeling.registry import get_labeler
 
@@ -171,7 +174,6 @@ class Labeler:
         """Load RUN/cls/model.safetensors. The labeling parameters and ``data.max_side`` are those
         of the run's last gen-labels (RUN/labels/bana.manifest.json) when it has one, else the
         defaults; ``params`` overrides single keys (``{"bg_threshold": 0.9}``)."""
-        import json
 
         from banacli.runs import RunDir
 
@@ -223,7 +225,6 @@ class Labeler:
     def class_ids(self, names: Any) -> np.ndarray:
         """(K,) int64 ids of class names (or ids 1..L passed through); DataError naming an
         unknown class and the known ones."""
-        from banacli.errors import DataError
 
         known = {n: i for i, n in enumerate(self.class_names) if i > 0}
         out = []
@@ -283,13 +284,10 @@ class Labeler:
         return LabelResult(maps=maps, masks=masks, scores=np.asarray(scores, dtype=np.float64),
                            boxes=full_boxes, labels=labels, class_names=self.class_names)
 
-
     # -- the feature cache ------------------------------------------------------------------
 
     @staticmethod
     def _image_key(image: np.ndarray) -> bytes:
-        import hashlib
-
         h = hashlib.blake2b(repr(image.shape).encode(), digest_size=20)
         h.update(np.ascontiguousarray(image).data)
         return h.digest()

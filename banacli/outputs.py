@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from banacli.errors import ArtifactError
+from banacli.artifacts import atomic_write_json
 
 
 def skipped_path(label_root: Path, method: str) -> Path:
@@ -19,7 +20,6 @@ def skipped_path(label_root: Path, method: str) -> Path:
 
 def write_skipped(label_root: Path, method: str, skipped: list[tuple[str, str]]) -> None:
     """Record the (id, reason) pairs a gen-labels run skipped (an empty record when none)."""
-    from banacli.artifacts import atomic_write_json
 
     atomic_write_json(skipped_path(label_root, method), {image_id: reason for image_id, reason in skipped})
 

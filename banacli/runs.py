@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from banacli.data.voc import VOCDataset, annotation_path, read_annotation_bytes, split_path
+from banacli.data.voc import VOCDataset, annotation_path, find_image, read_annotation_bytes, split_path
+from banacli.artifacts import load_model, read_sidecar
+from banacli.data.coco import open_data
+from banacli.errors import ArtifactError
 
 
 def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
     """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error
     and data.format (a VOCDataset or a COCODataset: same interface)."""
-    from banacli.data.coco import open_data
 
     data = ctx.config.data
     ds = open_data(ctx.data_root, split or data.train_split, data, with_gt=with_gt, max_side=data.max_side,
@@ -149,8 +151,6 @@ def cls_arch(backbone: str) -> str:
 def load_rebuilt(path: Path, kind: str, names: tuple[str, ...], build, *, device, class_names, missing: str):
     """Read a sidecar, check its ``arch`` is ``kind/NAME`` with NAME in ``names``, rebuild the
     model with ``build(NAME, meta)``, load and verify the weights; (model in eval mode, sidecar)."""
-    from banacli.artifacts import load_model, read_sidecar
-    from banacli.errors import ArtifactError
 
     path = Path(path)
     if not path.is_file():
@@ -201,8 +201,6 @@ def check_crop_size(ctx, ds: VOCDataset, crop_size: int, *, key: str, sample: in
     ``sample`` images): such crops are mostly padding and cost (crop / side)^2 more per
     iteration. Returns the largest image side seen (None when no image could be read)."""
     from PIL import Image
-
-    from banacli.data.voc import find_image
 
     sides = []
     for image_id in ds.ids[:sample]:

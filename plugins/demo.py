@@ -21,12 +21,18 @@ import json
 import shutil
 import time
 from pathlib import Path
+import os
+import platform
+import statistics
 
 from pydantic import Field
 
 from banacli.config import Section
 from banacli.stats import paired_comparison
-from banacli.stage import Stage, StageContext
+from banacli.stage import Stage, StageContext, discover_stages
+from banacli.artifacts import atomic_write_json, atomic_write_text, read_sidecar
+from banacli.errors import BanaError, ConfigError
+from banacli.threads import ENV, wanted_threads
 
 
 class DemoConfig(Section):
@@ -104,14 +110,10 @@ def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | Non
     runs ``bana NAME`` through the host, ``("link", src, dst, subs)`` shares finished outputs.
     ``threads`` (set as BANA_NUM_THREADS for the stages) fixes the torch threads of a worker
     process. Returns ``[(label, command, wall s, CPU s)]`` of the stage steps."""
-    import os
 
     import torch
 
     from banacli.api import run_stage
-    from banacli.errors import BanaError
-    from banacli.stage import discover_stages
-    from banacli.threads import ENV
 
     stages = discover_stages()
     keep, keep_env = torch.get_num_threads(), os.environ.get(ENV)
@@ -151,8 +153,6 @@ def _link(src_run: Path, dst_run: Path, subs: tuple[str, ...]) -> None:
 
 
 def _link_or_copy(src, dst):
-    import os
-
     try:
         os.link(src, dst)
     except OSError:
@@ -165,8 +165,6 @@ def _p_name(p: float | None) -> str:
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.errors import ConfigError
-
     cfg: DemoConfig = ctx.section
     if cfg.quick:
         cfg = cfg.model_copy(update={"seeds": QUICK_SEEDS, "seg_seeds": 1, "p0": False})
@@ -262,7 +260,6 @@ def run(ctx: StageContext) -> None:
 
 def _jobs_and_threads(jobs: int) -> tuple[int, int]:
     """(runs at once, torch threads per run): ``jobs`` = 0 means one run per available core."""
-    from banacli.threads import wanted_threads
 
     cores, _ = wanted_threads()
     if jobs == 1:
@@ -319,7 +316,6 @@ def pseudo_row(runs: Path) -> dict[str, float]:
 def classifier_row(runs: Path) -> dict[str, dict]:
     """Per pooling: the classifier's box accuracy and mAP on the val boxes (train-cls validation at
     its last iteration; None when it was not run) and the background-attention check of its labels."""
-    from banacli.artifacts import read_sidecar
     from banacli.runs import RunDir
 
     out = {}
@@ -341,7 +337,6 @@ def seg_row(seg_runs: dict[str, Path]) -> dict[str, float]:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
-    import statistics
 
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -446,13 +441,10 @@ def print_table(ctx: StageContext, results: dict) -> None:
 def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str], timings: dict, seconds: float,
                  cfg, threads: int, jobs: int = 1, user_data: Path | None = None) -> None:
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
-    import os
-    import platform
 
     import torch
 
     from banacli import __version__
-    from banacli.artifacts import atomic_write_json, atomic_write_text
     from banacli.runs import RunDir
 
     pics = out / "pictures"

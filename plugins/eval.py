@@ -31,11 +31,16 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+import json
 
 import numpy as np
 
 from banacli.config import EvalConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_write_json
+from banacli.errors import BanaError, DataError
+from banacli.ops.crf import CRFParams, crf_labels
+from banacli.ops.metrics import confusion_matrix, scores
 
 LABEL_FOLDERS = {"ycrf": "Ycrf", "yret": "Yret", "grabcut": "GrabCut"}
 
@@ -46,7 +51,6 @@ LABEL_FOLDERS = {"ycrf": "Ycrf", "yret": "Yret", "grabcut": "GrabCut"}
 def read_gt(path: Path, num_classes: int, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A ground-truth mask, checked: values 0..K-1 or 255, and the image's size."""
     from banacli.data.palette import VOID, load_label_png
-    from banacli.errors import DataError
 
     gt = load_label_png(path)
     if shape is not None and gt.shape != shape:
@@ -84,7 +88,6 @@ def confusion_with_void(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> n
 
     Pixels whose ground truth is 255 are skipped.
     """
-    from banacli.ops.metrics import confusion_matrix
 
     p = np.where(np.asarray(pred) == 255, num_classes, pred)
     return confusion_matrix(p, gt, num_classes + 1)[:num_classes]
@@ -92,7 +95,6 @@ def confusion_with_void(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> n
 
 def crf_confusion(image: np.ndarray, probs: np.ndarray, gt: np.ndarray, params: Any, num_classes: int) -> np.ndarray:
     """One image's CRF refinement and its confusion counts (a joblib task: module-level, small result)."""
-    from banacli.ops.crf import crf_labels
 
     pred = crf_labels(image, probs, params)
     return confusion_with_void(pred, gt, num_classes)
@@ -100,7 +102,6 @@ def crf_confusion(image: np.ndarray, probs: np.ndarray, gt: np.ndarray, params: 
 
 def summarize(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Scores of a (K, K + 1) matrix: a void prediction is a miss, never a false positive."""
-    from banacli.ops.metrics import scores
 
     k = len(class_names)
     square = np.zeros((k + 1, k + 1), dtype=np.int64)
@@ -177,9 +178,7 @@ class _Skips:
 def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
               advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     from banacli.data.voc import find_gt, find_image, read_image
-    from banacli.errors import BanaError
     from banacli.labeling.workers import lazy_unordered
-    from banacli.ops.crf import CRFParams
     from banacli.ops.infer import image_probs
     from banacli.runs import load_segmenter, model_path
 
@@ -307,13 +306,11 @@ def instance_source(cfg: EvalConfig) -> str:
 
 def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
     """``--what instances``: COCO mask AP of pseudo instance masks, a model's, or the boxes'."""
-    import json
 
     from rich.console import Console
     from rich.table import Table
 
     from banacli import __version__
-    from banacli.artifacts import atomic_write_json
     from banacli.errors import ArtifactError, DataError
     from banacli.instances.coco_ap import METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row
     from banacli.instances.pseudo_masks import box_results
@@ -371,10 +368,8 @@ def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
 
 def run(ctx: StageContext) -> None:
     from banacli import __version__
-    from banacli.artifacts import atomic_write_json
     from banacli.data.voc import GT_DIRS, find_gt, read_split, resolve_classes
     from banacli.errors import ConfigError, DataError
-    from banacli.ops.crf import CRFParams
 
     cfg: EvalConfig = ctx.section
     if cfg.what == "instances":

@@ -14,6 +14,9 @@ from pydantic import Field
 
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_write_json
+from banacli.errors import ArtifactError
+from banacli.outputs import read_skipped
 
 
 class ExportLabelsConfig(Section):
@@ -42,10 +45,7 @@ class ExportLabelsConfig(Section):
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.artifacts import atomic_write_json
-    from banacli.errors import ArtifactError
     from banacli.interop.label_export import ExportOptions, export_labels, open_label_set
-    from banacli.outputs import read_skipped
     from banacli.runs import RunDir, dataset_digest, open_dataset
 
     cfg: ExportLabelsConfig = ctx.section

@@ -16,9 +16,9 @@ from typing import Any
 
 from banacli.config import LabelsConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_write_json
 
 def run(ctx: StageContext) -> None:
-    from banacli.artifacts import atomic_write_json
     from banacli.labeling import label_split
     from banacli.runs import RunDir
 

@@ -22,6 +22,9 @@ from pydantic import Field
 
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_path
+from banacli.errors import ConfigError, DataError
+from banacli.ops.crf import CRFParams, crf_labels
 
 OVERLAY_SUFFIX = "_overlay.jpg"
 JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side of a JPEG (JPEG_MAX_DIMENSION)
@@ -44,7 +47,6 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders replaced by their image files in name order. DataError when a
     path does not exist, a folder holds no image, or two inputs share a file name stem."""
     from banacli.data.voc import IMAGE_SUFFIXES
-    from banacli.errors import DataError
 
     files: list[Path] = []
     for p in inputs:
@@ -94,7 +96,6 @@ def write_prediction(out: Path, image_id: str, image: np.ndarray, mask: np.ndarr
     the mask is then scaled back to it (nearest) and the overlay drawn on it."""
     from PIL import Image
 
-    from banacli.artifacts import atomic_path
     from banacli.data.palette import overlay, save_label_png
     from banacli.data.voc import resize_label
 
@@ -111,9 +112,7 @@ def run(ctx: StageContext) -> None:
     import torch
 
     from banacli.data.voc import reduced_size, shrink_image
-    from banacli.errors import ConfigError
     from banacli.labeling.workers import lazy_unordered
-    from banacli.ops.crf import CRFParams, crf_labels
     from banacli.ops.infer import image_probs
     from banacli.runs import load_segmenter, model_path
 
@@ -203,7 +202,6 @@ def _read_or_skip(ctx: StageContext, path: Path, skipped: list[str]) -> np.ndarr
     """The image at ``path``; None (its reason appended to ``skipped``) when it cannot be read and
     ``data.on_error=skip``, else the DataError propagates."""
     from banacli.data.voc import read_image
-    from banacli.errors import DataError
 
     try:
         return read_image(path)

@@ -7,6 +7,7 @@ import time
 
 from banacli.config import ClsConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import save_model
 
 
 class _ClsTrainSet:
@@ -53,7 +54,6 @@ def build_classifier(backbone: str, weights, num_classes: int, dropout: float | 
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.artifacts import save_model
     from banacli.data.transforms import JointAugment
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.runs import RunDir, check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset

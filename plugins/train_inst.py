@@ -15,6 +15,9 @@ import numpy as np
 
 from banacli.config import InstConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import save_model, sha256_file
+from banacli.errors import ArtifactError, DataError
+from banacli.outputs import check_labels
 
 OBJECT_DIR = "SegmentationObject"
 
@@ -104,8 +107,6 @@ def lr_factor(it: int, *, warmup: int, steps: list[int]) -> float:
 
 
 def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None, Path | None]:
-    from banacli.errors import ArtifactError, DataError
-
     if cfg.targets == "gt":
         if hasattr(ds, "instance_masks"):  # COCO JSON holds the masks
             return None, None
@@ -115,7 +116,6 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
                 raise DataError(f"{p}: instance mask not found (inst.targets=gt needs {OBJECT_DIR}/ID.png for every training image)")
         return None, None
     from banacli.labeling.registry import label_sets
-    from banacli.outputs import check_labels
     from banacli.runs import RunDir
 
     try:
@@ -131,7 +131,6 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.artifacts import save_model, sha256_file
     from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch
     from banacli.models.normalize import TORCHVISION
     from banacli.runs import RunDir, config_digest, dataset_digest, open_dataset

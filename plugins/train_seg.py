@@ -8,6 +8,9 @@ from pathlib import Path
 
 from banacli.config import SegConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import save_model, sha256_file
+from banacli.errors import DataError
+from banacli.outputs import check_labels, read_skipped
 
 
 class _SegTrainSet:
@@ -66,14 +69,11 @@ def _collate(batch):
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.artifacts import save_model, sha256_file
     from banacli.data.transforms import JointAugment
     from banacli.data.voc import read_split
-    from banacli.errors import DataError
     from banacli.models.deeplab import build_segmenter, upsample_logits
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.ops.nal import bootstrap_beta, seg_loss
-    from banacli.outputs import check_labels, read_skipped
     from banacli.labeling.registry import label_sets
     from banacli.runs import RunDir, check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.engine import (

@@ -60,6 +60,7 @@ from banacli.data.voc import (
     shrink_sample,
 )
 from banacli.errors import DataError
+from banacli.data.voc import VOCDataset
 
 ANNOTATION_TEMPLATE = "annotations/instances_{split}.json"
 IMAGE_TEMPLATE = "{split}"
@@ -444,7 +445,6 @@ def open_data(root: str | os.PathLike, split: str, data: Any, *, with_gt: bool =
     """The one entry point of every stage: a VOCDataset or a COCODataset (same interface) for
     ``split`` of ``root`` as the ``data`` section (format, classes, on_error, annotations,
     images) says."""
-    from banacli.data.voc import VOCDataset
 
     on_error = kwargs.pop("on_error", data.on_error)
     if data_format(root, data) == "coco":

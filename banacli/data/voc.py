@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+import io
 
 import numpy as np
 from PIL import Image
@@ -275,8 +276,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _decode_bytes(data: bytes) -> np.ndarray:
-    import io
-
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return np.asarray(img)

@@ -41,6 +41,7 @@ from banacli.errors import BanaError, DataError
 from banacli.serve.images import Connection, ImageSource
 from banacli.serve.labelconfig import parse_label_config
 from banacli.serve.tasks import source_rectangles, task_boxes
+from banacli.artifacts import atomic_write_text
 
 __all__ = ["Trainer", "export_boxes"]
 
@@ -69,8 +70,6 @@ def export_boxes(tasks: list[dict], label_config: str, class_names: list[str], i
     """Write the annotated boxes of ``tasks`` as a VOC dataset in ``out`` (train split);
     returns counts (images, boxes, boxes with unknown labels, tasks skipped)."""
     from PIL import Image
-
-    from banacli.artifacts import atomic_write_text
 
     cfg = parse_label_config(label_config)
     to_name = next(iter(cfg.images))
