@@ -16,6 +16,9 @@ and the labeling counterpart, pseudo labels for boxes you give (the stage-1 clas
 same inference as ``bana predict`` without DenseCRF: multi-scale (eval.scales of the model's
 config) with flips; ``ms=False, flip=False`` gives one pass; ``crf=True`` adds DenseCRF.
 ``probabilities`` returns the (K, H, W) class probabilities.
+
+``run_stage("train-cls", {"run": "runs/toy", "data": "data/toy"})`` runs one stage in this
+process as ``bana train-cls --run runs/toy --data data/toy`` would (``bana demo`` does this).
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+import hashlib
+import json
+import threading
+from collections import OrderedDict
 
 import numpy as np
+from banacli.errors import DataError
 
-__all__ = ["Segmenter", "Labeler", "LabelResult"]
+__all__ = ["Segmenter", "Labeler", "LabelResult", "run_stage"]
 
 
 def _rgb(image: Any) -> np.ndarray:
@@ -53,7 +61,9 @@ class Segmenter:
     @classmethod
     def from_run(cls, run: str | os.PathLike, *, device: str = "cpu", best: bool = False) -> Segmenter:
         """Load RUN/seg/model.safetensors (or RUN/seg/best.safetensors with ``best``)."""
-        path = Path(run) / "seg" / ("best.safetensors" if best else "model.safetensors")
+        from banacli.runs import RunDir
+
+        path = RunDir(run).best_model("seg") if best else RunDir(run).model("seg")
         return cls.from_file(path, device=device)
 
     @classmethod
@@ -73,26 +83,22 @@ class Segmenter:
 
     def probabilities(self, image: Any, *, ms: bool = True, flip: bool = True) -> np.ndarray:
         """(K, H, W) float32 class probabilities."""
-        import torch
-
-        from banacli.models.normalize import normalize
-        from banacli.ops.infer import DEFAULT_SCALES, predict_probs
+        from banacli.ops.infer import DEFAULT_SCALES, image_probs
 
         arr = self._image(image)
         scales = self.meta.get("config", {}).get("eval", {}).get("scales") or list(DEFAULT_SCALES)
-        x = normalize(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].to(self.device),
-                      self.meta["normalization"])
-        probs = predict_probs(self.model, x, scales=scales if ms else [1.0], flip=flip)[0]
+        probs = image_probs(self.model, arr, self.meta["normalization"], self.device,
+                            scales=scales if ms else [1.0], flip=flip)
         return probs.float().cpu().numpy()
 
     def predict(self, image: Any, *, ms: bool = True, flip: bool = True, crf: bool = False) -> np.ndarray:
         """(H, W) uint8 mask of class ids (0 background, i -> ``class_names[i]``)."""
         probs = self.probabilities(image, ms=ms, flip=flip)
         if crf:
-            from banacli.ops.crf import CRFParams, dense_crf
+            from banacli.ops.crf import CRFParams, crf_labels
 
             params = self.meta.get("config", {}).get("eval", {}).get("crf_params") or [4, 121, 5, 3, 3]
-            return dense_crf(self._image(image), probs, CRFParams.from_list(params)).argmax(0).astype(np.uint8)
+            return crf_labels(self._image(image), probs, CRFParams.from_list(params))
         return probs.argmax(0).astype(np.uint8)
 
 
@@ -148,8 +154,6 @@ class Labeler:
     def __init__(self, model: Any, weight: np.ndarray | None, normalization: dict, meta: dict[str, Any],
                  params: dict[str, Any], *, max_side: int | None, device: Any = "cpu",
                  source: Path | None = None, feature_cache: int = 0) -> None:
-        import threading
-        from collections import OrderedDict
 
         from banacli.labeling.registry import get_labeler
 
@@ -170,10 +174,11 @@ class Labeler:
         """Load RUN/cls/model.safetensors. The labeling parameters and ``data.max_side`` are those
         of the run's last gen-labels (RUN/labels/bana.manifest.json) when it has one, else the
         defaults; ``params`` overrides single keys (``{"bg_threshold": 0.9}``)."""
-        import json
 
-        run = Path(run)
-        manifest_path = run / "labels" / "bana.manifest.json"
+        from banacli.runs import RunDir
+
+        run = RunDir(run)
+        manifest_path = run.manifest("bana")
         manifest: dict[str, Any] = {}
         if manifest_path.is_file():
             try:
@@ -183,7 +188,7 @@ class Labeler:
         base = manifest.get("params") or default_label_params()
         if max_side == "auto":
             max_side = manifest["max_side"] if "max_side" in manifest else default_max_side()
-        return cls.from_file(run / "cls" / "model.safetensors", device=device, params={**base, **(params or {})},
+        return cls.from_file(run.model("cls"), device=device, params={**base, **(params or {})},
                              max_side=max_side, feature_cache=feature_cache)
 
     @classmethod
@@ -220,7 +225,6 @@ class Labeler:
     def class_ids(self, names: Any) -> np.ndarray:
         """(K,) int64 ids of class names (or ids 1..L passed through); DataError naming an
         unknown class and the known ones."""
-        from banacli.errors import DataError
 
         known = {n: i for i, n in enumerate(self.class_names) if i > 0}
         out = []
@@ -280,13 +284,10 @@ class Labeler:
         return LabelResult(maps=maps, masks=masks, scores=np.asarray(scores, dtype=np.float64),
                            boxes=full_boxes, labels=labels, class_names=self.class_names)
 
-
     # -- the feature cache ------------------------------------------------------------------
 
     @staticmethod
     def _image_key(image: np.ndarray) -> bytes:
-        import hashlib
-
         h = hashlib.blake2b(repr(image.shape).encode(), digest_size=20)
         h.update(np.ascontiguousarray(image).data)
         return h.digest()
@@ -324,3 +325,16 @@ def default_max_side() -> int | None:
     from banacli.config import DataConfig
 
     return DataConfig().max_side
+
+
+def run_stage(name: str, values: dict[str, Any], *, stages: dict | None = None) -> int:
+    """Run ``bana NAME`` in this process, as the command line would: ``values`` holds the options
+    by parameter name (``run``, ``data``, ``config``, ``set_``, ``quiet``, ``device`` and the
+    section's keys); ``stages`` the discovered stages (discovered again when None). Returns the
+    exit code; a failure prints its one error line as the command line does."""
+    # the host (typer, rich) is loaded only by a caller that runs stages, not by Segmenter users
+    from banacli.cli import build_stage_model, run_stage as run_parsed
+    from banacli.stage import discover_stages
+
+    stages = discover_stages() if stages is None else stages
+    return run_parsed(stages[name], build_stage_model(stages), values)

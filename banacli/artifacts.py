@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from typing import TYPE_CHECKING
+import errno as _errno
+import pickle
+import re
 
 from banacli import __version__
 from banacli.errors import ArtifactError
@@ -59,8 +62,6 @@ def _as_os_error(exc: BaseException, path: Path) -> OSError | None:
     """An I/O failure of a writer (an OSError without a file name, with or without an errno, or a
     library error whose text carries an errno, as safetensors' "os error 28") as an OSError
     naming ``path``; else None."""
-    import errno as _errno
-    import re
 
     if isinstance(exc, OSError):
         if exc.filename is not None:
@@ -141,8 +142,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Accepts the dict itself or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``.
     Raises ArtifactError naming the file and the problem.
     """
-    import pickle
-    import re
 
     import torch
     path = Path(path)

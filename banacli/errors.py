@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import errno as _errno
 
 
 class BanaError(Exception):
@@ -32,7 +33,6 @@ class ArtifactError(BanaError):
 def os_error_line(exc: OSError) -> str:
     """One line for an operating-system error: the path(s), the reason and the errno name,
     e.g. ``run/cls/model.safetensors: No space left on device (ENOSPC)``."""
-    import errno as _errno
 
     reason = exc.strerror or str(exc) or type(exc).__name__
     code = _errno.errorcode.get(exc.errno, "") if isinstance(exc.errno, int) else ""

@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from banacli.data.voc import VOCDataset, annotation_path, read_annotation_bytes, split_path
+from banacli.data.voc import VOCDataset, annotation_path, find_image, read_annotation_bytes, split_path
+from banacli.artifacts import load_model, read_sidecar
+from banacli.data.coco import open_data
+from banacli.errors import ArtifactError
 
 
 def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
     """The dataset of ``--data`` for ``split`` (default data.train_split), honouring data.on_error
     and data.format (a VOCDataset or a COCODataset: same interface)."""
-    from banacli.data.coco import open_data
 
     data = ctx.config.data
     ds = open_data(ctx.data_root, split or data.train_split, data, with_gt=with_gt, max_side=data.max_side,
@@ -81,16 +83,20 @@ def resolve_data_root(digest: dict[str, Any]) -> dict[str, Any]:
 
 
 MODEL_FILE = "model.safetensors"
+BEST_MODEL_FILE = "best.safetensors"
 MANIFEST_SUFFIX = ".manifest.json"
+REPORT_SUFFIX = ".report.json"
 
 
 class RunDir:
     """The layout of a run directory, in one place:
 
     - ``RUN/<section>/``: what the stage owning a config section writes (``cls``, ``labels``, ``seg``,
-      ``inst``, ``eval``, ``export``, ...), with its ``model.safetensors`` for the training stages;
+      ``inst``, ``eval``, ``export``, ...), with its ``model.safetensors`` for the training stages
+      (and train-seg's ``best.safetensors`` with validation);
     - ``RUN/labels/<set>/ID.png``: one label set of gen-labels (``Ycrf``, ``Yret``, ``Box``, ...);
-    - ``RUN/labels/<method>.manifest.json``: what made the label sets of one labeler.
+    - ``RUN/labels/<method>.manifest.json``: what made the label sets of one labeler;
+      ``RUN/labels/<method>.report.json`` its scores.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -102,6 +108,9 @@ class RunDir:
     def model(self, section: str) -> Path:
         return self.stage(section) / MODEL_FILE
 
+    def best_model(self, section: str) -> Path:
+        return self.stage(section) / BEST_MODEL_FILE
+
     @property
     def labels(self) -> Path:
         return self.stage("labels")
@@ -111,6 +120,14 @@ class RunDir:
 
     def manifest(self, method: str) -> Path:
         return self.labels / f"{method}{MANIFEST_SUFFIX}"
+
+    @property
+    def label_viz(self) -> Path:
+        """gen-labels' pictures (``labels.viz``)."""
+        return self.labels / "viz"
+
+    def label_report(self, method: str) -> Path:
+        return self.labels / f"{method}{REPORT_SUFFIX}"
 
     def manifest_methods(self) -> list[str]:
         """The methods that have a manifest in this run, sorted."""
@@ -134,8 +151,6 @@ def cls_arch(backbone: str) -> str:
 def load_rebuilt(path: Path, kind: str, names: tuple[str, ...], build, *, device, class_names, missing: str):
     """Read a sidecar, check its ``arch`` is ``kind/NAME`` with NAME in ``names``, rebuild the
     model with ``build(NAME, meta)``, load and verify the weights; (model in eval mode, sidecar)."""
-    from banacli.artifacts import load_model, read_sidecar
-    from banacli.errors import ArtifactError
 
     path = Path(path)
     if not path.is_file():
@@ -186,8 +201,6 @@ def check_crop_size(ctx, ds: VOCDataset, crop_size: int, *, key: str, sample: in
     ``sample`` images): such crops are mostly padding and cost (crop / side)^2 more per
     iteration. Returns the largest image side seen (None when no image could be read)."""
     from PIL import Image
-
-    from banacli.data.voc import find_image
 
     sides = []
     for image_id in ds.ids[:sample]:

@@ -14,6 +14,8 @@ from pydantic import Field
 
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import save_model, sha256_file
+from banacli.errors import ArtifactError, ConfigError, DataError
 
 
 class ConvertConfig(Section):
@@ -47,8 +49,6 @@ def resolve_class_names(ctx: StageContext, spec: str | None) -> list[str]:
 
 
 def _read_names(path: Path) -> list[str]:
-    from banacli.errors import DataError
-
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -57,12 +57,11 @@ def _read_names(path: Path) -> list[str]:
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.artifacts import save_model, sha256_file
     from banacli.interop.authors_checkpoints import (
         RELEASE, classifier_outputs, map_authors_state, read_checkpoint, target_arch, target_shapes,
     )
-    from banacli.errors import ArtifactError, ConfigError
     from banacli.models.normalize import NORMALIZATIONS
+    from banacli.runs import model_path
 
     cfg: ConvertConfig = ctx.section
     if cfg.src is None:
@@ -72,7 +71,7 @@ def run(ctx: StageContext) -> None:
     if cfg.out is not None:
         out = Path(cfg.out)
     elif ctx.run_dir is not None:
-        out = ctx.run_dir / cfg.kind / "model.safetensors"
+        out = model_path(ctx.run_dir, cfg.kind)
     else:
         raise ConfigError("bana convert: give --out FILE or --run RUN")
     if out.suffix != ".safetensors":

@@ -21,12 +21,18 @@ import json
 import shutil
 import time
 from pathlib import Path
+import os
+import platform
+import statistics
 
 from pydantic import Field
 
 from banacli.config import Section
 from banacli.stats import paired_comparison
-from banacli.stage import Stage, StageContext
+from banacli.stage import Stage, StageContext, discover_stages
+from banacli.artifacts import atomic_write_json, atomic_write_text, read_sidecar
+from banacli.errors import BanaError, ConfigError
+from banacli.threads import ENV, wanted_threads
 
 
 class DemoConfig(Section):
@@ -104,18 +110,12 @@ def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | Non
     runs ``bana NAME`` through the host, ``("link", src, dst, subs)`` shares finished outputs.
     ``threads`` (set as BANA_NUM_THREADS for the stages) fixes the torch threads of a worker
     process. Returns ``[(label, command, wall s, CPU s)]`` of the stage steps."""
-    import os
 
     import torch
 
-    from banacli.cli import build_stage_model, run_stage
-    from banacli.errors import BanaError
-    from banacli.stage import discover_stages
-
-    from banacli.threads import ENV
+    from banacli.api import run_stage
 
     stages = discover_stages()
-    model = build_stage_model(stages)
     keep, keep_env = torch.get_num_threads(), os.environ.get(ENV)
     if threads is not None:
         os.environ[ENV] = str(threads)
@@ -130,7 +130,7 @@ def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | Non
             if echo is not None:
                 echo(command)
             t, c = time.perf_counter(), _cpu_seconds()
-            code = run_stage(stages[name], model, {"quiet": quiet, "device": device, **values})
+            code = run_stage(name, {"quiet": quiet, "device": device, **values}, stages=stages)
             torch.set_num_threads(keep)  # a stage must not leave its thread count to the next
             if code:
                 raise BanaError(f"demo: step '{command}' failed (exit {code}); see the message above")
@@ -153,8 +153,6 @@ def _link(src_run: Path, dst_run: Path, subs: tuple[str, ...]) -> None:
 
 
 def _link_or_copy(src, dst):
-    import os
-
     try:
         os.link(src, dst)
     except OSError:
@@ -167,8 +165,6 @@ def _p_name(p: float | None) -> str:
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.errors import ConfigError
-
     cfg: DemoConfig = ctx.section
     if cfg.quick:
         cfg = cfg.model_copy(update={"seeds": QUICK_SEEDS, "seg_seeds": 1, "p0": False})
@@ -264,7 +260,6 @@ def run(ctx: StageContext) -> None:
 
 def _jobs_and_threads(jobs: int) -> tuple[int, int]:
     """(runs at once, torch threads per run): ``jobs`` = 0 means one run per available core."""
-    from banacli.threads import wanted_threads
 
     cores, _ = wanted_threads()
     if jobs == 1:
@@ -285,14 +280,15 @@ def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: 
     if jobs == 1 or len(tasks) <= 1:  # one task of a --jobs run keeps that run's thread count
         return [_run_task(t, quiet=ctx.quiet, device=ctx.device, threads=threads if jobs > 1 else None, echo=echo)
                 for t in tasks]
-    from joblib import Parallel, delayed
+    from joblib import delayed
+
+    from banacli.labeling.workers import lazy_unordered
 
     out: list = [None] * len(tasks)
     calls = (delayed(_indexed)(k, t, ctx.device, threads) for k, t in enumerate(tasks))
     with ctx.progress() as prog:
         bar = prog.add_task(f"demo: {what}, {jobs} at once", total=len(tasks), status="")
-        parallel = Parallel(n_jobs=min(jobs, len(tasks)), backend="loky", return_as="generator_unordered")
-        for k, steps in parallel(calls):
+        for k, steps in lazy_unordered(calls, min(jobs, len(tasks)), backend="loky"):
             out[k] = steps
             for _, command, wall, _ in steps:
                 ctx.logger.info("$ %s (%.0f s)", command, wall)
@@ -307,8 +303,10 @@ def _indexed(k: int, task: list[tuple], device: str, threads: int) -> tuple[int,
 
 
 def pseudo_row(runs: Path) -> dict[str, float]:
+    from banacli.runs import RunDir
+
     def report(name: str) -> dict:
-        return json.loads((runs / name / "labels" / "bana.report.json").read_text())["miou"]
+        return json.loads(RunDir(runs / name).label_report("bana").read_text())["miou"]
 
     bap, gap, paper, wo = report("bap"), report("gap"), report("gap-paper"), report("bap-wo-u0")
     return {"Box": bap["Box"], "GAP-paper: Ycrf": paper["Ycrf"], "GAP (bana): Ycrf": gap["Ycrf"],
@@ -318,12 +316,12 @@ def pseudo_row(runs: Path) -> dict[str, float]:
 def classifier_row(runs: Path) -> dict[str, dict]:
     """Per pooling: the classifier's box accuracy and mAP on the val boxes (train-cls validation at
     its last iteration; None when it was not run) and the background-attention check of its labels."""
-    from banacli.artifacts import read_sidecar
+    from banacli.runs import RunDir
 
     out = {}
     for pooling in POOLINGS:
-        val = read_sidecar(runs / pooling / "cls" / "model.safetensors").get("metrics", {}).get("val") or {}
-        report = json.loads((runs / pooling / "labels" / "bana.report.json").read_text())
+        val = read_sidecar(RunDir(runs / pooling).model("cls")).get("metrics", {}).get("val") or {}
+        report = json.loads(RunDir(runs / pooling).label_report("bana").read_text())
         out[pooling] = {"accuracy": val.get("accuracy"), "map": val.get("map"), "boxes": val.get("boxes"),
                         "attention": report.get("attention")}
     return out
@@ -339,7 +337,6 @@ def seg_row(seg_runs: dict[str, Path]) -> dict[str, float]:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
-    import statistics
 
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -444,13 +441,11 @@ def print_table(ctx: StageContext, results: dict) -> None:
 def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str], timings: dict, seconds: float,
                  cfg, threads: int, jobs: int = 1, user_data: Path | None = None) -> None:
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
-    import os
-    import platform
 
     import torch
 
     from banacli import __version__
-    from banacli.artifacts import atomic_write_json, atomic_write_text
+    from banacli.runs import RunDir
 
     pics = out / "pictures"
     pics.mkdir(parents=True, exist_ok=True)
@@ -458,7 +453,7 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
     main_what = f"data {user_data}" if user_data is not None else f"context P = {cfg.context:g}"
     viz_lines = []
     for pooling in ("bap", "gap-paper"):
-        viz = sorted((out / main / f"seed{seed_list[0]}" / "runs" / pooling / "labels" / "viz").glob("*.png"))
+        viz = sorted(RunDir(out / main / f"seed{seed_list[0]}" / "runs" / pooling).label_viz.glob("*.png"))
         for q in viz:
             shutil.copy2(q, pics / f"{pooling}-{q.name}")
         if viz:

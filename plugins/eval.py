@@ -1,12 +1,12 @@
 """``bana eval``: mIoU of the segmenter (RUN/seg/) or of pseudo labels against the ground truth.
 
 One confusion matrix over every pixel whose ground truth is not void (255), summed over the
-split (SPEC "Evaluation"); per-class IoU, mIoU, pixel accuracy and mean accuracy are computed
-from it by :mod:`banacli.ops.metrics`. Images of the split without a ground-truth mask are
+split (docs/method.md, "Evaluation"); per-class IoU, mIoU, pixel accuracy and mean accuracy are
+computed from it by :mod:`banacli.ops.metrics`. Images of the split without a ground-truth mask are
 left out (and counted); a split with none is an error.
 
 Segmenter (``--what seg``): logits averaged over ``eval.scales`` and their flips, one softmax,
-DenseCRF ``eval.crf_params`` on the original RGB image, argmax (SPEC "Stage 3", inference).
+DenseCRF ``eval.crf_params`` on the original RGB image, argmax (docs/method.md, "Evaluation").
 The network runs in this process; the CRF steps run in ``--workers`` processes (joblib).
 The reference implementation hands DenseCRF the Caffe-normalised image cast to uint8; we give
 it the image itself, as DenseCRF intends.
@@ -31,11 +31,16 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+import json
 
 import numpy as np
 
 from banacli.config import EvalConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_write_json
+from banacli.errors import BanaError, DataError
+from banacli.ops.crf import CRFParams, crf_labels
+from banacli.ops.metrics import confusion_matrix, scores
 
 LABEL_FOLDERS = {"ycrf": "Ycrf", "yret": "Yret", "grabcut": "GrabCut"}
 
@@ -46,7 +51,6 @@ LABEL_FOLDERS = {"ycrf": "Ycrf", "yret": "Yret", "grabcut": "GrabCut"}
 def read_gt(path: Path, num_classes: int, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A ground-truth mask, checked: values 0..K-1 or 255, and the image's size."""
     from banacli.data.palette import VOID, load_label_png
-    from banacli.errors import DataError
 
     gt = load_label_png(path)
     if shape is not None and gt.shape != shape:
@@ -84,7 +88,6 @@ def confusion_with_void(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> n
 
     Pixels whose ground truth is 255 are skipped.
     """
-    from banacli.ops.metrics import confusion_matrix
 
     p = np.where(np.asarray(pred) == 255, num_classes, pred)
     return confusion_matrix(p, gt, num_classes + 1)[:num_classes]
@@ -92,15 +95,13 @@ def confusion_with_void(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> n
 
 def crf_confusion(image: np.ndarray, probs: np.ndarray, gt: np.ndarray, params: Any, num_classes: int) -> np.ndarray:
     """One image's CRF refinement and its confusion counts (a joblib task: module-level, small result)."""
-    from banacli.ops.crf import dense_crf
 
-    pred = dense_crf(image, probs, params).argmax(0)
+    pred = crf_labels(image, probs, params)
     return confusion_with_void(pred, gt, num_classes)
 
 
 def summarize(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Scores of a (K, K + 1) matrix: a void prediction is a miss, never a false positive."""
-    from banacli.ops.metrics import scores
 
     k = len(class_names)
     square = np.zeros((k + 1, k + 1), dtype=np.int64)
@@ -176,13 +177,9 @@ class _Skips:
 
 def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
               advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    import torch
-
     from banacli.data.voc import find_gt, find_image, read_image
-    from banacli.errors import BanaError
-    from banacli.models.normalize import normalize
-    from banacli.ops.crf import CRFParams
-    from banacli.ops.infer import predict_probs
+    from banacli.labeling.workers import lazy_unordered
+    from banacli.ops.infer import image_probs
     from banacli.runs import load_segmenter, model_path
 
     k = len(class_names)
@@ -205,8 +202,7 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
                 skips.handle(image_id, exc)
                 advance()
                 continue
-            x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
-            probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
+            probs = image_probs(model, image, norm, device, scales=scales, flip=cfg.flip)  # (K, H, W)
             yield image, probs, gt
 
     cm = np.zeros((k, k + 1), dtype=np.int64)
@@ -219,12 +215,12 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
             cm += crf_confusion(image, probs.cpu().numpy(), gt, params, k)
             advance()
     else:
-        from joblib import Parallel, delayed
+        from joblib import delayed
 
         # Lazy: joblib pulls the next image (and runs the network on it) only as CRF workers
         # free up, so at most about 2 x workers probability maps are held at once.
         tasks = (delayed(crf_confusion)(image, probs.cpu().numpy(), gt, params, k) for image, probs, gt in images())
-        for part in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
+        for part in lazy_unordered(tasks, cfg.workers):
             cm += part
             advance()
     settings = {
@@ -241,13 +237,14 @@ def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names
     from banacli.data.voc import find_gt, load_sample
     from banacli.errors import ArtifactError, BanaError
     from banacli.ops.labelers import box_labeler
+    from banacli.runs import RunDir
 
     k = len(class_names)
     cm = np.zeros((k, k + 1), dtype=np.int64)
     if cfg.labels == "box":
         settings: dict[str, Any] = {"labels": "box", "source": "boxes of ROOT/Annotations (box-as-mask)"}
     else:
-        folder = ctx.run_dir / "labels" / LABEL_FOLDERS[cfg.labels]
+        folder = RunDir(ctx.run_dir).label_set(LABEL_FOLDERS[cfg.labels])
         if not folder.is_dir():
             raise ArtifactError(f"{folder}: no pseudo labels (run bana gen-labels --split {cfg.split} first)")
         settings = {"labels": cfg.labels, "source": str(folder)}
@@ -309,17 +306,15 @@ def instance_source(cfg: EvalConfig) -> str:
 
 def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
     """``--what instances``: COCO mask AP of pseudo instance masks, a model's, or the boxes'."""
-    import json
 
     from rich.console import Console
     from rich.table import Table
 
     from banacli import __version__
-    from banacli.artifacts import atomic_write_json
     from banacli.errors import ArtifactError, DataError
     from banacli.instances.coco_ap import METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row
     from banacli.instances.pseudo_masks import box_results
-    from banacli.runs import open_dataset
+    from banacli.runs import RunDir, open_dataset
 
     t0 = time.perf_counter()
     ds = open_dataset(ctx, cfg.split, with_gt=False)
@@ -331,7 +326,7 @@ def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
     keep = {im["id"] for im in gt["images"]}
     settings: dict[str, Any] = {"instances": cfg.instances}
     if cfg.instances == "labels":
-        label_dir = ctx.run_dir / "labels"
+        label_dir = RunDir(ctx.run_dir).labels
         info_path = label_dir / "instances.json"
         if info_path.is_file():
             made_on = json.loads(info_path.read_text()).get("split")
@@ -373,10 +368,8 @@ def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
 
 def run(ctx: StageContext) -> None:
     from banacli import __version__
-    from banacli.artifacts import atomic_write_json
     from banacli.data.voc import GT_DIRS, find_gt, read_split, resolve_classes
     from banacli.errors import ConfigError, DataError
-    from banacli.ops.crf import CRFParams
 
     cfg: EvalConfig = ctx.section
     if cfg.what == "instances":

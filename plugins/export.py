@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from banacli.config import ExportConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import load_model
+from banacli.errors import BanaError
 
 
 def run(ctx: StageContext) -> None:
@@ -16,8 +18,6 @@ def run(ctx: StageContext) -> None:
         FILE_NAMES, PixelSegmenter, example_input, export_metadata, export_onnx, export_safetensors,
         export_torchscript,
     )
-    from banacli.artifacts import load_model
-    from banacli.errors import BanaError
     from banacli.runs import load_segmenter, model_path
 
     cfg: ExportConfig = ctx.section

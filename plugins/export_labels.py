@@ -14,6 +14,9 @@ from pydantic import Field
 
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_write_json
+from banacli.errors import ArtifactError
+from banacli.outputs import read_skipped
 
 
 class ExportLabelsConfig(Section):
@@ -42,11 +45,8 @@ class ExportLabelsConfig(Section):
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.artifacts import atomic_write_json
-    from banacli.errors import ArtifactError
     from banacli.interop.label_export import ExportOptions, export_labels, open_label_set
-    from banacli.outputs import read_skipped
-    from banacli.runs import dataset_digest, open_dataset
+    from banacli.runs import RunDir, dataset_digest, open_dataset
 
     cfg: ExportLabelsConfig = ctx.section
     labels = open_label_set(ctx.run_dir, cfg.method, cfg.labels)
@@ -64,7 +64,7 @@ def run(ctx: StageContext) -> None:
         prog.update(task, advance=1, status=image_id)
 
     try:
-        report = export_labels(ds, labels, out, options, skipped=read_skipped(ctx.run_dir / "labels", cfg.method),
+        report = export_labels(ds, labels, out, options, skipped=read_skipped(RunDir(ctx.run_dir).labels, cfg.method),
                                progress=advance)
     finally:
         prog.stop()

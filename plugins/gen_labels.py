@@ -1,4 +1,4 @@
-"""``bana gen-labels``: pseudo labels for every training image (SPEC stage 2).
+"""``bana gen-labels``: pseudo labels for every training image (docs/method.md, "Stage 2").
 
 The work is spread by :mod:`banacli.labeling`: on a CPU each joblib worker computes its own
 images' features and labels them; on a GPU this process computes features in batches and
@@ -16,10 +16,11 @@ from typing import Any
 
 from banacli.config import LabelsConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_write_json
 
 def run(ctx: StageContext) -> None:
-    from banacli.artifacts import atomic_write_json
     from banacli.labeling import label_split
+    from banacli.runs import RunDir
 
     done = label_split(ctx)
     try:
@@ -31,7 +32,7 @@ def run(ctx: StageContext) -> None:
             if report is not None and attention is not None:
                 report["attention"] = attention
             if report is not None:
-                atomic_write_json(ctx.stage_dir / f"{done.labeler.name}.report.json", report)
+                atomic_write_json(RunDir(ctx.run_dir).label_report(done.labeler.name), report)
                 print_report(ctx, report)
     finally:
         if done.world > 1:
@@ -55,11 +56,12 @@ def check_attention(ctx: StageContext, ds) -> dict[str, Any] | None:
 
     from banacli.labeling import compute_features, load_feature_model
     from banacli.ops.pseudo import DEGENERATE_KEPT_SHARE, attention_is_degenerate, image_attention_kept
+    from banacli.runs import RunDir
 
     cfg: LabelsConfig = ctx.section
     if not cfg.use_u0:
         return None
-    model, _, norm, meta = load_feature_model(ctx.run_dir / "cls" / "model.safetensors", torch.device("cpu"),
+    model, _, norm, meta = load_feature_model(RunDir(ctx.run_dir).model("cls"), torch.device("cpu"),
                                               ds.class_names, cfg.class_agnostic)
     pooling = ((meta.get("config") or {}).get("cls") or {}).get("pooling")
     if pooling not in (None, "bap"):
@@ -97,11 +99,11 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     (paper Table 1 and Fig. 4b). None when no image of the split has ground truth."""
     import numpy as np
 
+    from banacli.boxes import box_extents
     from banacli.data.palette import load_label_png
     from banacli.data.voc import resize_label
     from banacli.ops.labelers import box_labeler
     from banacli.ops.metrics import ConfusionMeter
-    from banacli.ops.pseudo import box_extents
 
     names = list(out_dirs)
     meters = {n: ConfusionMeter(num_classes, class_names=ds.class_names) for n in [*names, "Box"]}

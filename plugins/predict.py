@@ -22,6 +22,9 @@ from pydantic import Field
 
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import atomic_path
+from banacli.errors import ConfigError, DataError
+from banacli.ops.crf import CRFParams, crf_labels
 
 OVERLAY_SUFFIX = "_overlay.jpg"
 JPEG_MAX_SIDE = 65500  # libjpeg's limit on either side of a JPEG (JPEG_MAX_DIMENSION)
@@ -44,7 +47,6 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders replaced by their image files in name order. DataError when a
     path does not exist, a folder holds no image, or two inputs share a file name stem."""
     from banacli.data.voc import IMAGE_SUFFIXES
-    from banacli.errors import DataError
 
     files: list[Path] = []
     for p in inputs:
@@ -79,13 +81,6 @@ def overlay_fits(ctx: StageContext, path: Path, image: np.ndarray) -> bool:
     return False
 
 
-def refine(image: np.ndarray, probs: np.ndarray, params: Any) -> np.ndarray:
-    """DenseCRF then argmax: (H, W) uint8 class ids (a joblib task)."""
-    from banacli.ops.crf import dense_crf
-
-    return dense_crf(image, probs, params).argmax(0).astype(np.uint8)
-
-
 def overlay_in_rows(image: np.ndarray, mask: np.ndarray, blend, rows: int = 256) -> np.ndarray:
     """``blend(image, mask)`` computed a band of rows at a time: the same pixels (the blend is
     per pixel) without float copies of a whole 12-megapixel photo."""
@@ -95,13 +90,12 @@ def overlay_in_rows(image: np.ndarray, mask: np.ndarray, blend, rows: int = 256)
     return out
 
 
-def write_outputs(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool,
+def write_prediction(out: Path, image_id: str, image: np.ndarray, mask: np.ndarray, with_overlay: bool,
                   full: np.ndarray | None = None) -> None:
     """OUT/ID.png and OUT/ID_overlay.jpg. ``full``: the full-size image when ``image`` was shrunk;
     the mask is then scaled back to it (nearest) and the overlay drawn on it."""
     from PIL import Image
 
-    from banacli.artifacts import atomic_path
     from banacli.data.palette import overlay, save_label_png
     from banacli.data.voc import resize_label
 
@@ -118,10 +112,8 @@ def run(ctx: StageContext) -> None:
     import torch
 
     from banacli.data.voc import reduced_size, shrink_image
-    from banacli.errors import ConfigError
-    from banacli.models.normalize import normalize
-    from banacli.ops.crf import CRFParams
-    from banacli.ops.infer import predict_probs
+    from banacli.labeling.workers import lazy_unordered
+    from banacli.ops.infer import image_probs
     from banacli.runs import load_segmenter, model_path
 
     cfg: PredictConfig = ctx.section
@@ -157,8 +149,7 @@ def run(ctx: StageContext) -> None:
                 full, image = image, shrink_image(image, hw)
                 ctx.info(f"{f}: {full.shape[1]}x{full.shape[0]} image processed at reduced size {hw[1]}x{hw[0]} "
                          f"(data.max_side={ctx.config.data.max_side}); the mask is written at full size")
-            x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None].to(device), norm)
-            probs = predict_probs(model, x, scales=scales, flip=cfg.flip)[0]  # (K, H, W)
+            probs = image_probs(model, image, norm, device, scales=scales, flip=cfg.flip)  # (K, H, W)
             yield f.stem, image, probs, full, with_overlay
 
     written = 0
@@ -167,18 +158,18 @@ def run(ctx: StageContext) -> None:
         if params is None or cfg.workers == 1:
             for image_id, image, probs, full, with_overlay in predictions():
                 mask = (probs.argmax(0).to(torch.uint8).cpu().numpy() if params is None
-                        else refine(image, probs.cpu().numpy(), params))
+                        else crf_labels(image, probs.cpu().numpy(), params))
                 del probs
-                write_outputs(out, image_id, image, mask, with_overlay, full)
+                write_prediction(out, image_id, image, mask, with_overlay, full)
                 written += 1
                 prog.advance(task)
         else:
-            from joblib import Parallel, delayed
+            from joblib import delayed
 
             # the network runs here; CRF and writing run in the workers, pulled lazily
             tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, with_overlay, full)
                      for i, im, p, full, with_overlay in predictions())
-            for _ in Parallel(n_jobs=cfg.workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks):
+            for _ in lazy_unordered(tasks, cfg.workers):
                 written += 1
                 prog.advance(task)
     _report(ctx, f"wrote {written} mask{'s' if written != 1 else ''} to {out}", skipped)
@@ -211,7 +202,6 @@ def _read_or_skip(ctx: StageContext, path: Path, skipped: list[str]) -> np.ndarr
     """The image at ``path``; None (its reason appended to ``skipped``) when it cannot be read and
     ``data.on_error=skip``, else the DataError propagates."""
     from banacli.data.voc import read_image
-    from banacli.errors import DataError
 
     try:
         return read_image(path)
@@ -232,7 +222,9 @@ def _report(ctx: StageContext, done: str, skipped: list[str]) -> None:
 def _refine_and_write(out: Path, image_id: str, image: np.ndarray, probs: np.ndarray, params: Any,
                       with_overlay: bool, full: np.ndarray | None = None) -> str:
     """A joblib task: DenseCRF, argmax and both output files for one image."""
-    write_outputs(out, image_id, image, refine(image, probs, params), with_overlay, full)
+    from banacli.ops.crf import crf_labels
+
+    write_prediction(out, image_id, image, crf_labels(image, probs, params), with_overlay, full)
     return image_id
 
 

@@ -18,11 +18,13 @@ import logging
 import sys
 from pathlib import Path
 from typing import Literal
+import time
 
 from pydantic import Field
 
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
+from banacli.errors import ConfigError
 
 
 class ServeConfig(Section):
@@ -72,10 +74,6 @@ def build_backend(ctx: StageContext):
 
 
 def run(ctx: StageContext) -> None:
-    import time
-
-    from banacli.errors import ConfigError
-
     try:
         import uvicorn
 

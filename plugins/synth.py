@@ -9,6 +9,7 @@ from pydantic import Field
 
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
+from banacli.errors import ConfigError
 
 
 class SynthConfig(Section):
@@ -28,7 +29,6 @@ class SynthConfig(Section):
 
 def run(ctx: StageContext) -> None:
     from banacli.data.synth import generate
-    from banacli.errors import ConfigError
 
     cfg: SynthConfig = ctx.section
     if cfg.out is None:

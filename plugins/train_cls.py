@@ -1,4 +1,5 @@
-"""``bana train-cls``: the classification network with background-aware pooling (SPEC stage 1)."""
+"""``bana train-cls``: the classification network with background-aware pooling
+(docs/method.md, "Stage 1")."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 
 from banacli.config import ClsConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import save_model
 
 
 class _ClsTrainSet:
@@ -18,7 +20,7 @@ class _ClsTrainSet:
         return len(self.ds)
 
     def __getitem__(self, key):
-        from banacli.data.transforms import definite_background_tensor
+        from banacli.boxes import definite_background_tensor
         from banacli.runs import seeded
 
         index, seed = key
@@ -52,13 +54,12 @@ def build_classifier(backbone: str, weights, num_classes: int, dropout: float | 
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.artifacts import save_model
     from banacli.data.transforms import JointAugment
     from banacli.models.normalize import mean_rgb, normalize
-    from banacli.runs import check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
+    from banacli.runs import RunDir, check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
     from banacli.engine import (
-        init_distributed, log_line_for, per_rank_batch, shutdown_distributed, step_lr, seeded_batches, train_loop,
-        warmup_factor, wrap_ddp,
+        gather_object, init_distributed, log_line_for, per_rank_batch, shutdown_distributed, state_digest, step_lr,
+        seeded_batches, train_loop, warmup_factor, wrap_ddp,
     )
 
     cfg: ClsConfig = ctx.section
@@ -114,12 +115,12 @@ def run(ctx: StageContext) -> None:
             with torch.no_grad():
                 validate(result.iteration)
             model.train()
-        weights_digest = _state_digest(model)
-        digests = _gather(weights_digest, info)
+        weights_digest = state_digest(model)
+        digests = gather_object(weights_digest, info)
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             save_model(
-                ctx.stage_dir / "model.safetensors", model.state_dict(),
+                RunDir(ctx.run_dir).model("cls"), model.state_dict(),
                 arch=cls_arch(cfg.backbone), class_names=ds.class_names, normalization=norm,
                 config=ctx.config.model_dump(mode="json"),
                 inputs={"dataset": dataset_digest(ds)},
@@ -129,7 +130,7 @@ def run(ctx: StageContext) -> None:
                 extra={"world_size": info.world, "rank_weight_sha256": digests,
                        "init_weights": getattr(model.backbone, "init_weights", None)},
             )
-            ctx.info(f"train-cls: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
+            ctx.info(f"train-cls: final loss {final:.4f}; wrote {RunDir(ctx.run_dir).model('cls')}")
     finally:
         shutdown_distributed(info)
 
@@ -173,26 +174,6 @@ def _cls_validator(ctx: StageContext, model, norm, info):
 
 
 run.writes_own_config = True  # config.yaml is written once training starts (cli.run_stage)
-
-
-def _state_digest(model) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _gather(value: str, info) -> list[str]:
-    if not info.enabled:
-        return [value]
-    import torch.distributed as dist
-
-    out: list = [None] * info.world
-    dist.all_gather_object(out, value)
-    return out
 
 
 stage = Stage(

@@ -15,6 +15,9 @@ import numpy as np
 
 from banacli.config import InstConfig
 from banacli.stage import Stage, StageContext
+from banacli.artifacts import save_model, sha256_file
+from banacli.errors import ArtifactError, DataError
+from banacli.outputs import check_labels
 
 OBJECT_DIR = "SegmentationObject"
 
@@ -104,8 +107,6 @@ def lr_factor(it: int, *, warmup: int, steps: list[int]) -> float:
 
 
 def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None, Path | None]:
-    from banacli.errors import ArtifactError, DataError
-
     if cfg.targets == "gt":
         if hasattr(ds, "instance_masks"):  # COCO JSON holds the masks
             return None, None
@@ -114,14 +115,15 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
             if not p.is_file():
                 raise DataError(f"{p}: instance mask not found (inst.targets=gt needs {OBJECT_DIR}/ID.png for every training image)")
         return None, None
-    from bana_plugins.train_seg import check_labels, label_sets
+    from banacli.labeling.registry import label_sets
+    from banacli.runs import RunDir
 
     try:
         crf_name, ret_name = label_sets(cfg.labels)
     except Exception as exc:  # unknown labeler name
         raise ArtifactError(f"inst.labels={cfg.labels!r}: {exc}") from None
-    root = ctx.run_dir / "labels"
-    crf_dir, ret_dir = root / crf_name, root / ret_name
+    rundir = RunDir(ctx.run_dir)
+    crf_dir, ret_dir = rundir.label_set(crf_name), rundir.label_set(ret_name)
     check_labels(ds, [crf_dir, ret_dir])
     return crf_dir, ret_dir
 
@@ -129,12 +131,12 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.artifacts import save_model, sha256_file
     from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch
     from banacli.models.normalize import TORCHVISION
-    from banacli.runs import config_digest, dataset_digest, open_dataset
+    from banacli.runs import RunDir, config_digest, dataset_digest, open_dataset
     from banacli.engine import (
-        LoopSpec, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, train_loop, wrap_ddp,
+        LoopSpec, gather_object, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, state_digest,
+        train_loop, wrap_ddp,
     )
 
     cfg: InstConfig = ctx.section
@@ -179,16 +181,14 @@ def run(ctx: StageContext) -> None:
                 on_start=ctx.save_resolved_config,
             ))
         seconds = time.perf_counter() - t0
-        from bana_plugins.train_cls import _gather, _state_digest
-
-        digests = _gather(_state_digest(model), info)  # DDP: every rank must end with the same weights
+        digests = gather_object(state_digest(model), info)  # DDP: every rank must end with the same weights
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
             inputs = {"dataset": dataset_digest(ds)}
-            manifest = ctx.run_dir / "labels" / f"{cfg.labels}.manifest.json"
+            manifest = RunDir(ctx.run_dir).manifest(cfg.labels)
             if cfg.targets == "pseudo" and manifest.is_file():
                 inputs["labels_manifest"] = sha256_file(manifest)
-            out = ctx.stage_dir / "model.safetensors"
+            out = RunDir(ctx.run_dir).model("inst")
             save_model(
                 out, model.state_dict(), arch=inst_arch(cfg.backbone), class_names=ds.class_names,
                 normalization=TORCHVISION, config=ctx.config.model_dump(mode="json"), inputs=inputs,

@@ -1,5 +1,5 @@
 """``bana train-seg``: DeepLab (LargeFOV / ASPP / tiny) trained on pseudo labels with the
-noise-aware loss (SPEC stage 3). Reads RUN/labels/, writes RUN/seg/."""
+noise-aware loss (docs/method.md, "Stage 3"). Reads RUN/labels/, writes RUN/seg/."""
 
 from __future__ import annotations
 
@@ -8,17 +8,9 @@ from pathlib import Path
 
 from banacli.config import SegConfig
 from banacli.stage import Stage, StageContext
-
-
-def label_sets(method: str) -> tuple[str, str]:
-    """Folders under RUN/labels/ used as (Ycrf, Yret) for a labeler; single-set labelers give
-    the same folder twice, so every pixel is in S and NAL reduces to plain cross-entropy."""
-    if method == "bana":
-        return "Ycrf", "Yret"
-    from banacli.labeling.registry import label_set_names
-
-    names = label_set_names(method)
-    return names[0], names[-1]
+from banacli.artifacts import save_model, sha256_file
+from banacli.errors import DataError
+from banacli.outputs import check_labels, read_skipped
 
 
 class _SegTrainSet:
@@ -74,39 +66,16 @@ def _collate(batch):
     }
 
 
-def check_labels(ds, folders: list[Path], skipped: dict[str, str] | None = None) -> None:
-    """Every training image needs its pseudo labels; fail before training with the first missing
-    file. ``skipped`` ({id: reason}, from gen-labels) tells an image gen-labels left out on
-    purpose from a label that is missing because gen-labels did not finish."""
-    from banacli.errors import ArtifactError
-
-    skipped = skipped or {}
-    for folder in folders:
-        if not folder.is_dir():
-            raise ArtifactError(f"{folder}: pseudo labels not found (run bana gen-labels first)")
-        for image_id in ds.ids:
-            path = folder / f"{image_id}.png"
-            if path.is_file():
-                continue
-            if image_id in skipped:
-                raise ArtifactError(
-                    f"{path}: no pseudo label because gen-labels skipped this image on purpose "
-                    f"({skipped[image_id]}); fix it, or train without it with --set data.on_error=skip")
-            raise ArtifactError(f"{path}: pseudo label missing (rerun bana gen-labels)")
-
-
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.artifacts import save_model, sha256_file
     from banacli.data.transforms import JointAugment
     from banacli.data.voc import read_split
-    from banacli.errors import DataError
     from banacli.models.deeplab import build_segmenter, upsample_logits
     from banacli.models.normalize import mean_rgb, normalize
     from banacli.ops.nal import bootstrap_beta, seg_loss
-    from banacli.outputs import read_skipped
-    from banacli.runs import check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
+    from banacli.labeling.registry import label_sets
+    from banacli.runs import RunDir, check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
     from banacli.engine import (
         LoopSpec, init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches,
         train_loop, wrap_ddp,
@@ -118,9 +87,9 @@ def run(ctx: StageContext) -> None:
     try:
         ds = open_dataset(ctx, with_gt=data.gt_split is not None)
         crf_name, ret_name = label_sets(cfg.labels)
-        label_root = ctx.run_dir / "labels"
-        crf_dir, ret_dir = label_root / crf_name, label_root / ret_name
-        check_labels(ds, [crf_dir, ret_dir], read_skipped(label_root, cfg.labels))
+        rundir = RunDir(ctx.run_dir)
+        crf_dir, ret_dir = rundir.label_set(crf_name), rundir.label_set(ret_name)
+        check_labels(ds, [crf_dir, ret_dir], read_skipped(rundir.labels, cfg.labels))
         gt_ids: set[str] = set()
         if data.gt_split and getattr(ds, "format", "voc") == "coco":
             from banacli.errors import ConfigError
@@ -182,12 +151,12 @@ def run(ctx: StageContext) -> None:
         seconds = time.perf_counter() - t0
         if info.is_main:
             final = result.losses[-1]["loss"] if result.losses else float("nan")
-            manifest = label_root / f"{cfg.labels}.manifest.json"
+            manifest = rundir.manifest(cfg.labels)
             inputs = {"dataset": dataset_digest(ds)}
             if manifest.is_file():
                 inputs["labels_manifest"] = sha256_file(manifest)
             save_model(
-                ctx.stage_dir / "model.safetensors", model.state_dict(), arch=seg_arch(cfg.model),
+                rundir.model("seg"), model.state_dict(), arch=seg_arch(cfg.model),
                 class_names=ds.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
                 inputs=inputs,
                 metrics={"final_loss": final, "iterations": result.iteration, "resumed_from": result.resumed_from,
@@ -196,7 +165,7 @@ def run(ctx: StageContext) -> None:
                 extra={"tau": cfg.tau, "world_size": info.world,
                        "init_weights": getattr(model.backbone, "init_weights", None)},
             )
-            ctx.info(f"train-seg: final loss {final:.4f}; wrote {ctx.stage_dir / 'model.safetensors'}")
+            ctx.info(f"train-seg: final loss {final:.4f}; wrote {rundir.model('seg')}")
     finally:
         shutdown_distributed(info)
 
@@ -206,7 +175,7 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
     the best; one warning when, after a quarter of the iterations, the model still predicts
     background everywhere."""
     from banacli.artifacts import save_model
-    from banacli.runs import open_dataset, seg_arch
+    from banacli.runs import RunDir, open_dataset, seg_arch
     from banacli.engine import log_line_for, segment_miou
 
     cfg: SegConfig = ctx.section
@@ -225,7 +194,7 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
         st["last"] = {"iteration": done, **r}
         if st["best"] is None or r["miou"] > st["best"]["miou"]:
             st["best"] = {"iteration": done, **r}
-            save_model(ctx.stage_dir / "best.safetensors", model.state_dict(), arch=seg_arch(cfg.model),
+            save_model(RunDir(ctx.run_dir).best_model("seg"), model.state_dict(), arch=seg_arch(cfg.model),
                        class_names=val.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
                        metrics={"val_miou": r["miou"], "iteration": done, "val_split": data.val_split},
                        extra={"tau": cfg.tau})

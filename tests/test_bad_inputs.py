@@ -435,7 +435,7 @@ def test_16_an_edited_normalization_in_the_sidecar_is_caught(tmp_path):
 
 def test_1_overlay_in_bands_equals_the_whole_overlay():
     from banacli.data.palette import overlay
-    from plugins.predict import overlay_in_rows
+    from bana_plugins.predict import overlay_in_rows
 
     image = random_image(70, 40, 1)
     mask = np.random.default_rng(2).integers(0, 4, (70, 40)).astype(np.uint8)

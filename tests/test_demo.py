@@ -83,7 +83,7 @@ def test_runs_at_once_give_the_numbers_of_runs_one_after_another(tmp_path):
 
 def test_claims_are_paired_t_tests_over_the_seeds():
     from banacli.stats import paired_comparison
-    from plugins.demo import summarise
+    from bana_plugins.demo import summarise
 
     # seeds move both methods by ~10 points, A stays ~1 point above B: separable only when paired
     seeds = {str(k): {"BAP: Ycrf": b + 0.01 + 0.001 * k, "GAP (bana): Ycrf": b}

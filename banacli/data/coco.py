@@ -48,19 +48,19 @@ from typing import Any, Literal
 
 import numpy as np
 
+from banacli.boxes import box_pixel_ranges, definite_background
 from banacli.data.palette import VOID
 from banacli.data.voc import (
     Sample,
     _SampleDataset,
     _check_class_names,
-    box_pixel_ranges,
     check_image,
-    definite_background,
     read_image,
     reduced_size,
     shrink_sample,
 )
 from banacli.errors import DataError
+from banacli.data.voc import VOCDataset
 
 ANNOTATION_TEMPLATE = "annotations/instances_{split}.json"
 IMAGE_TEMPLATE = "{split}"
@@ -445,7 +445,6 @@ def open_data(root: str | os.PathLike, split: str, data: Any, *, with_gt: bool =
     """The one entry point of every stage: a VOCDataset or a COCODataset (same interface) for
     ``split`` of ``root`` as the ``data`` section (format, classes, on_error, annotations,
     images) says."""
-    from banacli.data.voc import VOCDataset
 
     on_error = kwargs.pop("on_error", data.on_error)
     if data_format(root, data) == "coco":

@@ -37,13 +37,13 @@ import numpy as np
 from PIL import Image
 
 from banacli.artifacts import atomic_write_bytes, atomic_write_text
+from banacli.boxes import box_pixel_ranges, paint_order
 from banacli.data.palette import VOID, save_label_png
 from banacli.data.voc import (
     ANNOTATION_DIR,
     IMAGE_DIR,
     SPLIT_DIR,
     VOCDataset,
-    box_pixel_ranges,
 )
 from banacli.errors import DataError
 
@@ -458,9 +458,8 @@ def box_as_mask(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) 
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(labels).reshape(-1)
     out = np.zeros((height, width), dtype=np.uint8)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     ranges = box_pixel_ranges(boxes, height, width)
-    for k in np.argsort(-area, kind="stable"):
+    for k in paint_order(boxes, ties="later"):  # areas of the float boxes, largest first
         c0, r0, c1, r1 = ranges[k]
         out[r0:r1, c0:c1] = labels[k]
     return out

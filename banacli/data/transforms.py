@@ -1,6 +1,6 @@
 """Joint transforms of an image, its boxes and its label masks, and a box-aware collate.
 
-Training augmentation (SPEC, stages 1 and 3): random scale in 0.5–1.5, horizontal flip,
+Training augmentation (docs/method.md, "Stage 1" and "Stage 3"): random scale in 0.5–1.5, horizontal flip,
 colour jitter (brightness, contrast, saturation 0.5), pad with the mean colour to at least
 the crop size and random-crop ``crop_size`` x ``crop_size``. Boxes follow every geometric
 step; boxes cropped away are dropped with their labels. Masks are padded with 255 (void) and
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from banacli.boxes import definite_background_tensor  # noqa: F401  (re-exported: banacli.data)
 from banacli.data.palette import VOID
 from banacli.data.voc import Sample
 
@@ -260,38 +261,6 @@ def sample_to_tensors(sample: Sample, *, size: tuple[int, int] | None = None) ->
     out["id"] = sample.id
     return out
 
-
-def definite_background_tensor(boxes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """M = valid & (in no box): (H, W) bool, or (B, H, W) with ``boxes`` (N, 5) batched.
-
-    ``boxes`` is (K, 4) ``x0, y0, x1, y1`` for one image, or (N, 5) ``[b, x0, y0, x1, y1]``
-    (from ``collate_boxes``) with ``valid`` (B, H, W). A pixel any box overlaps is inside.
-    Padding is not background: it is False in M.
-    """
-    batched = valid.dim() == 3
-    if batched != (boxes.shape[-1] == 5):
-        raise ValueError("use (N, 5) boxes with (B, H, W) valid, or (K, 4) boxes with (H, W)")
-    H, W = valid.shape[-2:]
-    b = boxes.to(torch.float32)
-    coords = b[:, 1:] if batched else b
-    x0 = coords[:, 0:1].floor()
-    y0 = coords[:, 1:2].floor()
-    x1 = coords[:, 2:3].ceil()
-    y1 = coords[:, 3:4].ceil()
-    cols = torch.arange(W, device=b.device, dtype=torch.float32)[None, :]
-    rows = torch.arange(H, device=b.device, dtype=torch.float32)[None, :]
-    in_cols = ((cols >= x0) & (cols < x1)).to(torch.float32)  # (K, W)
-    in_rows = ((rows >= y0) & (rows < y1)).to(torch.float32)  # (K, H)
-    if not batched:
-        inside = in_rows.T @ in_cols > 0  # (H, W)
-        return valid & ~inside
-    B = valid.shape[0]
-    onehot = torch.zeros(B, b.shape[0], device=b.device, dtype=torch.float32)
-    if b.shape[0]:
-        onehot[b[:, 0].long(), torch.arange(b.shape[0], device=b.device)] = 1.0
-    # (B, H, W): count of boxes of image b covering each pixel
-    inside = torch.einsum("bk,kh,kw->bhw", onehot, in_rows, in_cols) > 0
-    return valid & ~inside
 
 
 def collate_boxes(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

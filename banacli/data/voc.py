@@ -33,10 +33,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+import io
 
 import numpy as np
 from PIL import Image
 
+from banacli.boxes import box_pixel_ranges, definite_background  # noqa: F401  (box_pixel_ranges re-exported)
 from banacli.data.palette import VOID, load_label_png
 from banacli.errors import DataError
 
@@ -210,31 +212,6 @@ class Sample:
         return m if self.ignore is None else m & ~self.ignore
 
 
-def box_pixel_ranges(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(K, 4) int64 ``c0, r0, c1, r1``: the pixel columns c0..c1-1 and rows r0..r1-1 a box touches.
-
-    A pixel counts as touched when the box overlaps any part of it, so for integer boxes the
-    range is exactly ``x0 .. x1-1``; fractional boxes (after scaling) round outwards.
-    """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    lo = np.floor(b[:, :2])
-    hi = np.ceil(b[:, 2:])
-    out = np.concatenate([lo, hi], axis=1).astype(np.int64)
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
-    return out
-
-
-def definite_background(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """M: (H, W) bool, True where a pixel lies in no box (any overlap counts as inside)."""
-    r = box_pixel_ranges(boxes, height, width)
-    cols = np.arange(width)
-    rows = np.arange(height)
-    in_cols = (cols[None, :] >= r[:, 0:1]) & (cols[None, :] < r[:, 2:3])  # (K, W)
-    in_rows = (rows[None, :] >= r[:, 1:2]) & (rows[None, :] < r[:, 3:4])  # (K, H)
-    inside = in_rows.T.astype(np.float32) @ in_cols.astype(np.float32)  # (H, W) box count
-    return inside == 0
-
 
 # ----------------------------------------------------------------------------- files
 
@@ -299,8 +276,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _decode_bytes(data: bytes) -> np.ndarray:
-    import io
-
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return np.asarray(img)

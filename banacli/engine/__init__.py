@@ -13,10 +13,10 @@ The names below are the public surface a stage plugin imports (``from banacli.en
 """
 
 from banacli.engine.checkpoint import (
-    CHECKPOINT, config_differences, load_checkpoint, read_checkpoint_state, save_checkpoint,
+    CHECKPOINT, config_differences, load_checkpoint, read_checkpoint_state, save_checkpoint, state_digest,
 )
 from banacli.engine.dist import (
-    DistInfo, barrier, init_distributed, per_rank_batch, resolve_device, shutdown_distributed, wrap_ddp,
+    DistInfo, barrier, gather_object, init_distributed, per_rank_batch, resolve_device, shutdown_distributed, wrap_ddp,
 )
 from banacli.engine.evaluate import average_precision, classify_boxes, segment_miou
 from banacli.engine.logs import log_line_for, write_loss_log
@@ -27,8 +27,8 @@ from banacli.engine.stop import Stopped
 
 __all__ = [
     "CHECKPOINT", "DistInfo", "LoopResult", "LoopSpec", "SeededBatchSampler", "Stopped", "average_precision",
-    "barrier", "batch_for_iteration", "classify_boxes", "config_differences", "init_distributed", "load_checkpoint",
+    "barrier", "batch_for_iteration", "classify_boxes", "config_differences", "gather_object", "init_distributed", "load_checkpoint",
     "log_line_for", "make_loader", "per_rank_batch", "poly_lr", "read_checkpoint_state", "resolve_device",
-    "sample_seed", "save_checkpoint", "seeded_batches", "segment_miou", "shutdown_distributed", "step_lr", "warmup_factor",
+    "sample_seed", "save_checkpoint", "seeded_batches", "segment_miou", "shutdown_distributed", "state_digest", "step_lr", "warmup_factor",
     "train_loop", "wrap_ddp", "write_loss_log",
 ]

@@ -3,6 +3,7 @@ JSON (never pickled), written atomically; and the checks before a run restarts o
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,12 @@ def check_restart(ckpt: Path, *, resume: bool, force: bool, iterations: int, con
                             "rerun with those values, use another --run, or --force without --resume to start over")
     if int(state.get("iteration", 0)) > iterations:
         raise BanaError(f"{ckpt}: checkpoint is at iteration {state['iteration']}, beyond --iterations {iterations}")
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 over the names and bytes of a model's state dict (DDP: every rank must agree)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

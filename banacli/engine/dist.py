@@ -91,3 +91,12 @@ def per_rank_batch(batch_size: int, world: int) -> int:
     if batch_size % world:
         raise BanaError(f"batch_size {batch_size} is not divisible by the {world} processes")
     return batch_size // world
+
+
+def gather_object(value, info: DistInfo) -> list:
+    """``value`` of every rank, in rank order (``[value]`` when not distributed)."""
+    if not info.enabled:
+        return [value]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, value)
+    return out

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from banacli.data.transforms import definite_background_tensor
+from banacli.boxes import definite_background_tensor
 from banacli.models.normalize import normalize
 from banacli.ops.infer import predict_logits
 from banacli.ops.metrics import confusion_matrix

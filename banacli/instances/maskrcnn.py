@@ -52,6 +52,7 @@ from banacli.interop.model_export import (
     EXPORT_FORMAT, FILE_NAMES, TORCHSCRIPT_META, _quiet_torch_warnings, _write_sidecar, export_safetensors,
 )
 from banacli.runs import RunDir, load_rebuilt
+from banacli.data.palette import overlay as blend, save_label_png
 
 INST_BACKBONES = ("resnet50_fpn", "tiny")
 ARCH_KIND = "maskrcnn"
@@ -493,9 +494,6 @@ def write_instance_prediction(out: Path, image_id: str, image: np.ndarray, found
     where masks overlap the better-scoring instance wins), OUT/ID.json: the instances (id, class,
     label, score, box, area), OUT/ID_overlay.jpg: instance colours over the image."""
     from PIL import Image
-
-    from banacli.data.palette import overlay as blend
-    from banacli.data.palette import save_label_png
 
     found = found[:254]
     inst = np.zeros(image.shape[:2], dtype=np.uint8)

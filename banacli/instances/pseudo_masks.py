@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from banacli.artifacts import atomic_write_json
+from banacli.boxes import box_pixel_ranges
 from banacli.data.palette import load_label_png
 from banacli.data.synth_coco import encode_mask
-from banacli.data.voc import box_pixel_ranges
 from banacli.ops.instances import box_instance_masks
 
 __all__ = ["box_results", "dataset_image_id", "instance_results", "mask_iou", "result_entry", "write_instance_results"]

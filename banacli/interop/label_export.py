@@ -50,11 +50,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from banacli.errors import ArtifactError, ConfigError, DataError
 from banacli.runs import RunDir
+from banacli.artifacts import atomic_path, atomic_write_text
+from banacli.boxes import box_pixel_ranges
+from banacli.data.palette import VOID, load_label_png, save_label_png
+from banacli.data.voc import check_image
+from banacli.interop.labelstudio import brush_result, polygon_results, rectangle_result
+from banacli.interop.masks import coco_rle_area, mask_to_coco_rle, mask_to_polygons, polygons_to_mask
+from banacli.ops.instances import box_instance_masks
 
 FORMATS = ("coco", "voc", "yolo", "labelstudio")
 FALLBACKS = ("box", "empty", "skip")
@@ -116,7 +124,6 @@ def open_label_set(run_dir: str | os.PathLike, method: str, which: str | None) -
 
 def read_label_map(labels: LabelSet, image_id: str) -> np.ndarray:
     """(H, W) uint8 label map of one image in this set; DataError naming a missing PNG."""
-    from banacli.data.palette import VOID, load_label_png
 
     maps = [load_label_png(d / f"{image_id}.png") for d in labels.dirs]
     if len(maps) == 1:
@@ -147,8 +154,6 @@ class ImageLabels:
 
 def image_labels(ds, labels: LabelSet, index: int, fallback: str) -> ImageLabels:
     """Read one image's label PNG and cut it into the boxes' instance masks."""
-    from banacli.data.voc import box_pixel_ranges, check_image
-    from banacli.ops.instances import box_instance_masks
 
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, not {fallback!r}")
@@ -261,8 +266,6 @@ class _Writer:
             raise ArtifactError(f"{existing[0]}: exists{more}; use --force to overwrite, or --out another folder")
 
     def text(self, path: Path, text: str) -> None:
-        from banacli.artifacts import atomic_write_text
-
         atomic_write_text(path, text)
         self.report.files.append(path)
 
@@ -270,14 +273,10 @@ class _Writer:
         self.text(path, json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def png(self, path: Path, label: np.ndarray) -> None:
-        from banacli.data.palette import save_label_png
-
         save_label_png(path, label)
         self.report.files.append(path)
 
     def copy(self, src: Path, dst: Path) -> None:
-        from banacli.artifacts import atomic_path
-
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         self.report.files.append(dst)
@@ -298,7 +297,6 @@ def _box_xywh(box: Sequence[float]) -> list[float]:
 
 def _segmentation(mask: np.ndarray, status: str, polygons: bool) -> tuple[Any, int]:
     """(COCO segmentation, area) of one mask: RLE, or polygons (an all-zero RLE when there is none)."""
-    from banacli.interop.masks import coco_rle_area, mask_to_coco_rle, mask_to_polygons, polygons_to_mask
 
     if polygons and status != "empty":
         polys = mask_to_polygons(mask)
@@ -477,7 +475,6 @@ def _export_yolo(ds, labels, cfg, w: _Writer, progress) -> None:
 
 def label_config_xml(class_names: Sequence[str], cfg: "ExportOptions") -> str:
     """A Label Studio labeling config matching the exported tasks' tag names and labels."""
-    from xml.sax.saxutils import quoteattr
 
     tag = "PolygonLabels" if cfg.polygons else "BrushLabels"
     labels = "".join(f"    <Label value={quoteattr(n)}/>\n" for n in class_names)
@@ -489,7 +486,6 @@ def label_config_xml(class_names: Sequence[str], cfg: "ExportOptions") -> str:
 
 def labelstudio_task(ds, img: ImageLabels, cfg: "ExportOptions", model_version: str) -> dict:
     """One Label Studio task: the image URL, and a prediction with a rectangle and a mask per box."""
-    from banacli.interop.labelstudio import brush_result, polygon_results, rectangle_result
 
     path = Path(ds.image_path(img.id))
     try:

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 from banacli.errors import ConfigError
+from banacli.ops.crf import CRFParams
+from banacli.ops.labelers import box_labeler, grabcut_labeler
+from banacli.ops.pseudo import PseudoLabelParams, generate_pseudo_labels
 
 LABELER_GROUP = "bana.labelers"
 
@@ -53,9 +56,6 @@ class Labeler:
 # ----------------------------------------------------------------------------- built-ins
 
 def _label_bana(task: LabelTask) -> dict[str, Any]:
-    from banacli.ops.crf import CRFParams
-    from banacli.ops.pseudo import PseudoLabelParams, generate_pseudo_labels
-
     p = task.params
     params = PseudoLabelParams(
         grid_size=p["grid_size"], bg_threshold=p["bg_threshold"], use_u0=p["use_u0"],
@@ -75,14 +75,10 @@ def _label_bana(task: LabelTask) -> dict[str, Any]:
 
 
 def _label_box(task: LabelTask) -> dict[str, Any]:
-    from banacli.ops.labelers import box_labeler
-
     return {"Box": box_labeler(task.image, task.boxes, task.labels)}
 
 
 def _label_grabcut(task: LabelTask) -> dict[str, Any]:
-    from banacli.ops.labelers import grabcut_labeler
-
     return {"GrabCut": grabcut_labeler(task.image, task.boxes, task.labels)}
 
 
@@ -120,3 +116,12 @@ def get_labeler(name: str) -> Labeler:
 def label_set_names(method: str) -> tuple[str, ...]:
     """The folders under RUN/labels/ that a labeler writes."""
     return get_labeler(method).outputs
+
+
+def label_sets(method: str) -> tuple[str, str]:
+    """Folders under RUN/labels/ used as (Ycrf, Yret) for a labeler; single-set labelers give
+    the same folder twice, so every pixel is in S and NAL reduces to plain cross-entropy."""
+    if method == "bana":
+        return "Ycrf", "Yret"
+    names = label_set_names(method)
+    return names[0], names[-1]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from joblib import Parallel
 
 from banacli.data.palette import load_label_png, save_label_png
 from banacli.data.voc import resize_label
@@ -231,3 +232,11 @@ def forget_classifier() -> None:
     """Drop the classifier cached in this process (a later stage of bana demo must not keep it)."""
     _WORKER.pop("classifier", None)
     _WORKER.pop("classifier_key", None)
+
+
+def lazy_unordered(tasks, n_jobs: int, *, backend: str | None = None):
+    """Results of joblib ``delayed`` tasks as they finish, from a pool of ``n_jobs`` workers that
+    pulls the next tasks lazily (at most 2 x n_jobs dispatched ahead), so a generator of tasks
+    (images, probability maps) is never held whole. ``backend`` None: joblib's current one (loky,
+    or dask inside gen-labels' ``parallel_config``). gen-labels, eval, predict and demo share it."""
+    return Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks)

@@ -59,7 +59,7 @@ from banacli.models.vgg16 import (
 )
 
 BACKBONES: tuple[str, ...] = ("vgg16", "resnet50", "resnet101", "tiny", "tiny-bn")
-# fc6/fc7 dropout when the caller does not choose: the SPEC's 0.5, none for tiny-bn (models/tiny.py)
+# fc6/fc7 dropout when the caller does not choose: the reference 0.5, none for tiny-bn (models/tiny.py)
 DEFAULT_DROPOUT: dict[str, float] = {"vgg16": 0.5, "tiny": 0.5, "tiny-bn": 0.0}
 _log = logging.getLogger("bana")
 

@@ -67,7 +67,7 @@ class BAPClassifier(nn.Module):
         )
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """SGD parameter groups of the SPEC's reference config (base lr 1e-3 there).
+        """SGD parameter groups of the authors' reference config (base lr 1e-3 there).
 
         - backbone weights (conv kernels): ``lr``, ``weight_decay``;
         - backbone biases and other 1-D parameters (BatchNorm affine in ResNets): ``2 * lr``,

@@ -1,6 +1,6 @@
 """DeepLab segmenters for stage 3 with the cosine-similarity classifier (supp. Eq. 3).
 
-- ``largefov``: DeepLab-V1 LargeFOV = the SPEC's VGG-16 (AffinityNet variant, output stride
+- ``largefov``: DeepLab-V1 LargeFOV = the VGG-16 of docs/method.md ("Stage 1") (AffinityNet variant, output stride
   8) with fc6 dilation 12; phi = fc7 output (1024 channels).
 - ``aspp``: DeepLab-V2 = ResNet-101 (output stride 8) + ASPP: four 3x3 convolutions with
   dilation 6, 12, 18 and 24 applied to the 2048-channel features and summed. In the

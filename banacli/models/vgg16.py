@@ -1,11 +1,11 @@
 """The AffinityNet variant of VGG-16 used by BANA (output stride 8, 1024-channel features).
 
-Topology (SPEC, stage 1): conv1_1..conv5_3 (3x3, padding 1, ReLU); a 3x3 max-pool with
+Topology (docs/method.md, "Stage 1"): conv1_1..conv5_3 (3x3, padding 1, ReLU); a 3x3 max-pool with
 padding 1 after each block, stride 2 after blocks 1-3 and stride 1 after blocks 4-5; conv5_x
 dilated by 2; a 3x3 average pool (stride 1, padding 1); fc6 = 3x3 conv 512->1024 (dilation
 ``fc6_dilation``: 1 for the classifier, 12 for DeepLab-LargeFOV) + ReLU + Dropout2d(0.5);
 fc7 = 1x1 conv 1024->1024 + ReLU + Dropout2d(0.5). ``dropout=0`` leaves both dropouts out (the
-tiny DeepLab, :mod:`banacli.models.deeplab`). ``batch_norm=True`` (not the SPEC's network; the
+tiny DeepLab, :mod:`banacli.models.deeplab`). ``batch_norm=True`` (not the reference network; the
 ``tiny-bn`` backbone, :mod:`banacli.models.tiny`) puts a BatchNorm2d between each of the 15
 convolutions and its ReLU.
 
@@ -105,7 +105,7 @@ class VGG16(nn.Module):
 
 
 def vgg16_parameter_names() -> list[str]:
-    """The SPEC's parameter names in order: conv1_1.weight, conv1_1.bias, ..., fc7.bias."""
+    """The reference (authors') parameter names in order: conv1_1.weight, conv1_1.bias, ..., fc7.bias."""
     return [f"{m}.{p}" for m in (*CONV_NAMES, "fc6", "fc7") for p in ("weight", "bias")]
 
 

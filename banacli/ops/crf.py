@@ -3,7 +3,7 @@
 A thin, validated wrapper around ``pydensecrf``: the unary is ``-log(prob)`` with the
 probabilities clipped to ``[UNARY_CLIP, 1]``, one Gaussian (smoothness) kernel and one
 bilateral (appearance) kernel on the original RGB image, ``iterations`` mean-field steps.
-The defaults are the reference pseudo-label setting (SPEC, stage 2, step 7):
+The defaults are the reference pseudo-label setting (docs/method.md, "Stage 2 — pseudo labels", step 7):
 ``DCRF = [bi_w 4, bi_xy 55, bi_rgb 3, pos_w 3, pos_xy 3]``, 10 iterations.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from banacli.errors import ConfigError, DataError
 
-__all__ = ["CRFParams", "UNARY_CLIP", "dense_crf"]
+__all__ = ["CRFParams", "UNARY_CLIP", "crf_labels", "dense_crf"]
 
 UNARY_CLIP = 1e-5
 """Probabilities are clipped to at least this before ``-log`` (as ``pydensecrf.utils``)."""
@@ -87,3 +87,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParam
     )
     marginals = crf.inference(int(params.iterations))
     return np.asarray(marginals, dtype=np.float32).reshape(n, height, width)
+
+
+def crf_labels(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
+    """DenseCRF then argmax: (H, W) uint8 class ids (predict, eval and the Python API)."""
+    return dense_crf(image, probs, params).argmax(0).astype(np.uint8)

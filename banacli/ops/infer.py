@@ -1,4 +1,4 @@
-"""Multi-scale, flipped inference for the segmenters (SPEC "Stage 3", Inference).
+"""Multi-scale, flipped inference for the segmenters (docs/method.md, "Evaluation").
 
 Logits (already tau-scaled cosines) are averaged over the scales and their horizontal
 flips at the input resolution, then turned into probabilities with one softmax. DenseCRF,
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from banacli.models.normalize import normalize
+
 DEFAULT_SCALES = (1.0, 0.5, 0.75, 1.5)
 
-__all__ = ["DEFAULT_SCALES", "predict_logits", "predict_probs"]
+__all__ = ["DEFAULT_SCALES", "image_probs", "predict_logits", "predict_probs"]
 
 
 def predict_logits(
@@ -71,3 +74,18 @@ def predict_probs(
     """Class probabilities (K, H, W) (or (B, K, H, W)): softmax over the averaged logits."""
     logits = predict_logits(model, image, scales=scales, flip=flip)
     return torch.softmax(logits, dim=-3)
+
+
+def image_probs(
+    model: nn.Module,
+    image: np.ndarray,
+    normalization,
+    device: torch.device | str,
+    *,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    flip: bool = True,
+) -> Tensor:
+    """One (H, W, 3) uint8 RGB image -> (K, H, W) class probabilities on ``device``: the image
+    normalised with the model's ``normalization``, then :func:`predict_probs` (predict, eval, API)."""
+    x = normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device), normalization)
+    return predict_probs(model, x, scales=scales, flip=flip)[0]

@@ -1,7 +1,7 @@
 """Instance masks from a semantic label map and the boxes it was made from.
 
 A box's instance mask is the set of pixels inside the box (the extents of
-:func:`banacli.ops.pseudo.box_extents`: 0-based, exclusive end, rounded outwards) that the
+:func:`banacli.boxes.box_extents`: 0-based, exclusive end, rounded outwards) that the
 label map gives the box's class. Where several boxes of one class overlap, a pixel of that
 class belongs to the **smallest** of them (by pixel area; ties go to the box listed first) —
 the same "smaller box on top" rule as the Box baseline (:mod:`banacli.ops.labelers`): a
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from banacli.ops.pseudo import box_extents, check_box_labels
+from banacli.boxes import box_extents, check_box_labels, paint_order
 
 __all__ = ["box_instance_masks", "instance_owner"]
 
@@ -37,10 +37,8 @@ def instance_owner(
     lab = check_box_labels(labels, len(ext))
     n_cls = int(lab.max()) + 1 if len(lab) else 1
     owner = np.full((n_cls, height, width), -1, dtype=np.int64)
-    area = (ext[:, 2] - ext[:, 0]) * (ext[:, 3] - ext[:, 1])
-    # Paint the largest boxes first so smaller ones overwrite them; a stable sort on -area
-    # keeps input order among equal areas, and painting those in reverse lets the first win.
-    order = np.lexsort((-np.arange(len(ext)), -area))
+    # Paint the largest boxes first so smaller ones overwrite them; among equal areas the first wins.
+    order = paint_order(ext, ties="first")
     for k in order:
         x0, y0, x1, y1 = ext[k]
         owner[lab[k], y0:y1, x0:x1] = k

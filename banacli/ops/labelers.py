@@ -2,7 +2,7 @@
 
 Pure functions ``(image, boxes, labels) -> uint8 (H, W) label map`` with class 0 for the
 background; the stage that uses them registers them by name. Boxes follow the convention
-of :func:`banacli.ops.pseudo.box_extents` (0-based, exclusive end, floor/ceil to pixels).
+of :func:`banacli.boxes.box_extents` (0-based, exclusive end, floor/ceil to pixels).
 Where boxes overlap, the smaller box is drawn on top (boxes sorted by area, descending,
 ties kept in input order).
 """
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from banacli.errors import DataError
-from banacli.ops.pseudo import check_box_labels, box_extents
+from banacli.boxes import box_extents, check_box_labels, paint_order
 
 __all__ = ["box_labeler", "grabcut_labeler", "GRABCUT_MIN_SIDE"]
 
@@ -29,8 +29,7 @@ def _prepare(image: np.ndarray, boxes, labels) -> tuple[np.ndarray, np.ndarray, 
         raise DataError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
     ext = box_extents(boxes, image.shape[0], image.shape[1])
     lab = check_box_labels(labels, len(ext))
-    area = (ext[:, 2] - ext[:, 0]) * (ext[:, 3] - ext[:, 1])
-    order = np.argsort(-area, kind="stable")  # largest first, so smaller boxes end on top
+    order = paint_order(ext, ties="later")  # largest first, so smaller boxes end on top
     return image, ext[order], lab[order]
 
 

@@ -1,6 +1,6 @@
 """Segmentation metrics: confusion matrix, per-class IoU, mIoU, pixel and mean accuracy.
 
-Conventions (used for segmentation results and pseudo labels alike, SPEC "Evaluation"):
+Conventions (used for segmentation results and pseudo labels alike, docs/method.md, "Evaluation"):
 
 - The confusion matrix has ground truth in rows and prediction in columns:
   ``cm[g, p]`` counts pixels of ground-truth class g predicted as p.

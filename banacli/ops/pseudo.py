@@ -1,6 +1,6 @@
 """Stage 2 of BANA: pseudo labels Ycrf and Yret from a BAP classifier (paper Sec. 3.2).
 
-The steps follow SPEC.md, "Stage 2 — pseudo labels", 1–10 (10, writing PNGs, belongs to
+The steps follow docs/method.md, "Stage 2 — pseudo labels", 1–9 (writing the PNGs belongs to
 the stage, not to these pure functions):
 
 1. f = the classifier features, bilinearly upsampled (align_corners=True) to H×W.
@@ -16,11 +16,8 @@ the stage, not to these pure functions):
 9. prototypes q_c from Ycrf, C_c = ReLU(cos(f, q_c)), C_0 = 1 outside the boxes, each
    foreground C_c = 0 outside its boxes, argmax -> Yret (Eqs. 8–9)      -> retrieve_labels
 
-Box convention. ``boxes`` are float (K, 4) ``x0, y0, x1, y1`` in 0-based pixel coordinates
-with an exclusive end. A box covers every pixel it touches: columns ``floor(x0) ..
-ceil(x1) - 1`` and rows ``floor(y0) .. ceil(y1) - 1``, clipped to the image; a box that
-would cover no pixel (x1 <= x0 after rounding) is widened to one pixel. Integer boxes
-(the usual case after converting VOC's 1-based inclusive boxes) are used as they are.
+Box convention: ``boxes`` are float (K, 4) ``x0, y0, x1, y1``, 0-based with an exclusive end;
+their pixels (both conventions, and their arithmetic) are defined in :mod:`banacli.boxes`.
 
 ``box_convention="authors"`` reproduces the authors' stage 2 bit for bit (docs/method.md): the
 foreground extents — CAM support and per-box maximum (step 5), the post-CRF class mask (step
@@ -52,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from banacli.boxes import BOX_CONVENTIONS, authors_extents, box_extents, check_box_labels, foreground_extents, union_mask
 from banacli.errors import ConfigError, DataError
 from banacli.ops.crf import CRFParams, dense_crf
 
@@ -78,7 +76,6 @@ __all__ = [
 
 _EPS_NORM = 1e-12  # as F.normalize: x / max(||x||, eps)
 _EPS_MAX = 1e-12  # as the reference: CAM / (max + 1e-12)
-BOX_CONVENTIONS = ("voc", "authors")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -301,75 +298,6 @@ class FeatureField:
         return torch.stack(out)
 
 
-# --------------------------------------------------------------------------- boxes
-
-
-def box_extents(boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Float (K, 4) boxes -> int64 (K, 4) pixel extents ``x0, y0, x1, y1`` (exclusive end).
-
-    floor for the start, ceil for the end, clipped to the image; at least one pixel wide
-    and high. Raises DataError for a box that lies wholly outside the image.
-    """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if not np.all(np.isfinite(b)):
-        raise DataError("boxes contain NaN or inf")
-    x0 = np.clip(np.floor(b[:, 0]), 0, width).astype(np.int64)
-    y0 = np.clip(np.floor(b[:, 1]), 0, height).astype(np.int64)
-    x1 = np.clip(np.ceil(b[:, 2]), 0, width).astype(np.int64)
-    y1 = np.clip(np.ceil(b[:, 3]), 0, height).astype(np.int64)
-    outside = (b[:, 2] < 0) | (b[:, 3] < 0) | (b[:, 0] >= width) | (b[:, 1] >= height)
-    if outside.any():
-        k = int(np.flatnonzero(outside)[0])
-        raise DataError(f"box {k} {b[k].tolist()} lies outside the {width}x{height} image")
-    x0 = np.minimum(x0, width - 1)
-    y0 = np.minimum(y0, height - 1)
-    x1 = np.maximum(x1, x0 + 1)
-    y1 = np.maximum(y1, y0 + 1)
-    return np.stack([x0, y0, x1, y1], axis=1)
-
-
-def check_box_labels(labels: np.ndarray | Sequence[int], n_boxes: int) -> np.ndarray:
-    """(K,) box labels as int64, checked: one per box, integers in 1..254 (uint8, 255 = void)."""
-    lab = np.asarray(labels).reshape(-1)
-    if lab.shape[0] != n_boxes:
-        raise DataError(f"{n_boxes} boxes but {lab.shape[0]} labels")
-    if lab.size and (not np.all(lab == np.round(lab)) or lab.min() < 1 or lab.max() > 254):
-        raise DataError(f"box labels must be integers in 1..254, got {sorted(set(lab.tolist()))}")
-    return lab.astype(np.int64)
-
-
-def authors_extents(boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """The authors' foreground extents of 0-based exclusive-end boxes: int64 (K, 4)
-    ``x0, y0, x1, y1`` to slice as ``[y0:y1, x0:x1]`` (possibly empty).
-
-    Their loader keeps VOC's 1-based values ``xmin = x0 + 1, ymin = y0 + 1, xmax = x1, ymax =
-    y1`` as float32, normalises them with ``v / n - 1`` (n = (size - 1) / 2, numpy float32),
-    denormalises with ``b * n + n`` (torch float32) and truncates with ``.long()``; stage 2 then
-    slices ``[ymin:ymax, xmin:xmax]``, which drops the box's first row and column, and a
-    truncated coordinate (27 -> 26 for some sizes) moves an edge by one more pixel.
-    """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    xml = np.stack([b[:, 0] + 1, b[:, 1] + 1, b[:, 2], b[:, 3]], axis=1).astype(np.float32)
-    sizes = (int(width), int(height), int(width), int(height))
-    out = np.empty(xml.shape, dtype=np.int64)
-    for j in range(4):  # column by column, with each library's own float32 arithmetic
-        n = (sizes[j] - 1) / 2  # a Python float, as theirs: numpy and torch then stay in float32
-        normed = xml[:, j] / n - 1  # numpy: float32 array with a python float stays float32
-        t = torch.from_numpy(np.ascontiguousarray(normed, dtype=np.float32))
-        out[:, j] = (t * n + n).long().numpy()  # torch: float32 arithmetic, truncation toward 0
-    lim = np.array([width, height, width, height])
-    return np.clip(out, 0, lim)
-
-
-def foreground_extents(boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int,
-                       convention: str = "voc") -> np.ndarray:
-    """The extents a box's class owns (CAM support, CRF and retrieval class masks)."""
-    if convention == "authors":
-        return authors_extents(boxes, height, width)
-    if convention != "voc":
-        raise ConfigError(f"box_convention must be one of {', '.join(BOX_CONVENTIONS)}, got {convention!r}")
-    return box_extents(boxes, height, width)
-
 
 def _normalise_per_box_later_wins(raw: np.ndarray, ext: np.ndarray) -> np.ndarray:
     """The authors' Eq. 5: each box in turn writes raw / max(raw in that box); later boxes win."""
@@ -381,13 +309,6 @@ def _normalise_per_box_later_wins(raw: np.ndarray, ext: np.ndarray) -> np.ndarra
         out[y0:y1, x0:x1] = region / (region.max() + _EPS_MAX)
     return out
 
-
-def _union_mask(ext: np.ndarray, height: int, width: int, select: np.ndarray | None = None) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    for k, (x0, y0, x1, y1) in enumerate(ext):
-        if select is None or select[k]:
-            mask[y0:y1, x0:x1] = True
-    return mask
 
 
 def _normalise_per_box(raw: np.ndarray, ext: np.ndarray) -> np.ndarray:
@@ -417,7 +338,7 @@ def _as_weight(weight: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
 def _grid_cells(height: int, width: int, n: int) -> list[tuple[int, int, int, int]]:
     """Cells (y0, y1, x0, x1) of an N×N grid over the image padded to multiples of N.
 
-    Padding is split evenly, the odd pixel at the end (SPEC, Eq. 1); padded pixels are
+    Padding is split evenly, the odd pixel at the end (docs/method.md, "Stage 1", Eq. 1); padded pixels are
     never background, so cells are returned clipped to the image (possibly empty).
     """
 
@@ -500,7 +421,7 @@ def image_attention_kept(
     in-box pixels where u0 = A (feats (C, h, w), size (H, W), boxes (K, 4) as everywhere here)."""
     height, width = size
     ext = box_extents(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), height, width)
-    inside = _union_mask(ext, height, width)
+    inside = union_mask(ext, height, width)
     field_ = FeatureField(feats, (height, width))
     attention = background_attention(field_, ~inside, grid_size=grid_size, threshold=threshold)
     return attention_kept_share(attention, inside)
@@ -540,7 +461,7 @@ def compute_unaries(
     fg_ext = foreground_extents(boxes, height, width, box_convention)
     w = _as_weight(weight)
     classes = tuple(int(c) for c in np.unique(lab))
-    inside = _union_mask(ext, height, width)
+    inside = union_mask(ext, height, width)
     attention = np.asarray(attention, dtype=np.float32)
 
     # Eq. 7: the background channel.
@@ -570,7 +491,7 @@ def compute_unaries(
     for i, c in enumerate(classes):
         sel = lab == c
         if class_agnostic:
-            fg = np.where(_union_mask(fg_ext, height, width, sel), 1.0 - u0_att, 0.0)
+            fg = np.where(union_mask(fg_ext, height, width, sel), 1.0 - u0_att, 0.0)
         elif authors:
             fg = _normalise_per_box_later_wins(raw_cams[i], fg_ext[sel])
         else:
@@ -614,7 +535,7 @@ def refine_with_crf(
         marginals = dense_crf(image, probs, crf)
     for i, c in enumerate(classes):
         if c != 0:
-            marginals[i] *= _union_mask(ext, height, width, lab == c)
+            marginals[i] *= union_mask(ext, height, width, lab == c)
     ids = np.asarray(classes, dtype=np.uint8)
     return ids[marginals.argmax(0)], marginals
 
@@ -650,7 +571,7 @@ def retrieve_labels(
     fg_ext = ext if box_convention == "voc" else foreground_extents(boxes, height, width, box_convention)
     w = _as_weight(weight)
     ycrf = np.asarray(ycrf)
-    inside = _union_mask(ext, height, width)
+    inside = union_mask(ext, height, width)
     corr = np.zeros((len(classes), height, width), dtype=np.float32)
     for i, c in enumerate(classes):
         region = ycrf == c
@@ -666,7 +587,7 @@ def retrieve_labels(
         if c == 0:
             corr[i][~inside] = 1.0
         else:
-            corr[i] *= _union_mask(fg_ext, height, width, lab == c)
+            corr[i] *= union_mask(fg_ext, height, width, lab == c)
     ids = np.asarray(classes, dtype=np.uint8)
     return ids[corr.argmax(0)], {int(c): corr[i] for i, c in enumerate(classes)}
 
@@ -685,7 +606,7 @@ def generate_pseudo_labels(
     exact: bool = False,
     ignore: np.ndarray | None = None,
 ) -> PseudoLabels:
-    """Ycrf and Yret for one image (SPEC stage 2, steps 1–9).
+    """Ycrf and Yret for one image (docs/method.md, "Stage 2 — pseudo labels", steps 1–9).
 
     image: (H, W, 3) uint8 RGB. feats: (C, h, w) classifier features of that image
     (stride 8). weight: classifier 1×1 conv weight (L+1, C[, 1, 1]); None is allowed in
@@ -709,7 +630,7 @@ def generate_pseudo_labels(
     conv = params.box_convention
     bx = ext if conv == "voc" else boxes
     field_ = FeatureField(feats, (height, width), exact=exact)  # step 1
-    inside = _union_mask(ext, height, width)
+    inside = union_mask(ext, height, width)
     ign = None if ignore is None else np.asarray(ignore, dtype=bool) & ~inside
     attention = background_attention(  # steps 2–3
         field_, ~inside if ign is None else ~inside & ~ign, grid_size=params.grid_size,

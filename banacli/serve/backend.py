@@ -41,6 +41,7 @@ from banacli.errors import BanaError, DataError
 from banacli.serve.images import Connection, ImageSource
 from banacli.serve.labelconfig import LabelConfig, parse_label_config
 from banacli.serve.tasks import TaskBox, source_rectangles, task_boxes
+from banacli.interop.labelstudio import brush_result, polygon_results
 
 __all__ = ["RequestError", "ModelSlot", "Backend"]
 
@@ -233,7 +234,6 @@ class Backend:
 
     def _label_task(self, task: Any, cfg: LabelConfig, target: tuple, context: Any, conn: Connection,
                     labeler: Any, problems: list[str]) -> tuple[list, list]:
-        from banacli.interop.labelstudio import brush_result, polygon_results
 
         if not isinstance(task, dict):
             raise DataError("task is not a JSON object")

@@ -41,6 +41,7 @@ from banacli.errors import BanaError, DataError
 from banacli.serve.images import Connection, ImageSource
 from banacli.serve.labelconfig import parse_label_config
 from banacli.serve.tasks import source_rectangles, task_boxes
+from banacli.artifacts import atomic_write_text
 
 __all__ = ["Trainer", "export_boxes"]
 
@@ -69,8 +70,6 @@ def export_boxes(tasks: list[dict], label_config: str, class_names: list[str], i
     """Write the annotated boxes of ``tasks`` as a VOC dataset in ``out`` (train split);
     returns counts (images, boxes, boxes with unknown labels, tasks skipped)."""
     from PIL import Image
-
-    from banacli.artifacts import atomic_write_text
 
     cfg = parse_label_config(label_config)
     to_name = next(iter(cfg.images))
@@ -183,8 +182,9 @@ class Trainer:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise DataError(f"train-cls exited with {proc.returncode}: {tail[0]}")
             from banacli.api import Labeler
+            from banacli.runs import RunDir
 
-            new = Labeler.from_file(out / "cls" / "model.safetensors", device=str(labeler.device),
+            new = Labeler.from_file(RunDir(out).model("cls"), device=str(labeler.device),
                                     params=labeler.params, max_side=labeler.max_side,
                                     feature_cache=labeler.feature_cache)
             if new.class_names != labeler.class_names:

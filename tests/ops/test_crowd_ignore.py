@@ -57,7 +57,7 @@ def test_ignore_never_voids_box_pixels():
 
 def test_train_cls_background_leaves_out_ignored_pixels():
     from banacli.data.transforms import JointAugment
-    from plugins.train_cls import _ClsTrainSet
+    from bana_plugins.train_cls import _ClsTrainSet
 
     ign = np.zeros((32, 32), bool)
     ign[:, 20:] = True

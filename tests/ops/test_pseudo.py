@@ -1,4 +1,4 @@
-"""Stage-2 pseudo labels (SPEC steps 1–9) on hand-built and random inputs."""
+"""Stage-2 pseudo labels (docs/method.md, "Stage 2", steps 1–9) on hand-built and random inputs."""
 
 from __future__ import annotations
 
