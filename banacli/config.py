@@ -100,7 +100,7 @@ class ClsConfig(_TrainCommon):
     )
     dropout: float | None = Field(
         None, ge=0, lt=1, description="Dropout2d probability after fc6 and fc7 (vgg16 and the tiny backbones); "
-        "default: 0.5 (SPEC) for vgg16 and tiny, 0 for tiny-bn."
+        "default: 0.5 for vgg16 and tiny (VGG-16's own), 0 for tiny-bn."
     )
     weights: str | None = Field(
         "auto",
@@ -119,9 +119,9 @@ class ClsConfig(_TrainCommon):
     )
     lr_step: int = Field(5000, gt=0, description="Divide the learning rate by 10 after this many iterations.")
     warmup: int = Field(0, ge=0, description="Raise the learning rate linearly from lr/K to lr over the first K "
-                        "iterations; 0 = none (the SPEC).")
+                        "iterations; 0 = none (the paper's recipe).")
     scale: tuple[float, float] = Field((0.5, 1.5), description="Range of the random scale augmentation, lo hi "
-                                       "(SPEC: 0.5 1.5; the demo's 96-px images use 0.75 1.25).")
+                                       "(docs/method.md: 0.5 1.5; the demo's 96-px images use 0.75 1.25).")
 
     @field_validator("scale")
     @classmethod
