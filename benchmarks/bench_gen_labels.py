@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from banacli.artifacts import save_model  # noqa: E402
-from banacli.data.synth import generate  # noqa: E402
+from banacli.data.synthetic import generate  # noqa: E402
 from banacli.models.backbones import build_backbone  # noqa: E402
 from banacli.models.classifier import BAPClassifier  # noqa: E402
 from banacli.runs import cls_arch  # noqa: E402

@@ -139,7 +139,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def bench_soak(images: int, every: int, workers: int, out: Path | None) -> list[dict]:
-    from banacli.data.synth import generate
+    from banacli.data.synthetic import generate
 
     with tempfile.TemporaryDirectory(prefix="bana-soak-") as tmp:
         tmp = Path(tmp)

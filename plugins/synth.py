@@ -28,7 +28,7 @@ class SynthConfig(Section):
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.data.synth import generate
+    from banacli.data.synthetic import generate
 
     cfg: SynthConfig = ctx.section
     if cfg.out is None:

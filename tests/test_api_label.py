@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 from banacli.api import Labeler
 from banacli.data.palette import load_label_png
-from banacli.data.synth import generate
+from banacli.data.synthetic import generate
 from banacli.data.voc import find_image, parse_annotation, read_split
 from banacli.errors import DataError
 

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from banacli.data.palette import load_label_png
-from banacli.data.synth import generate
+from banacli.data.synthetic import generate
 from banacli.data.voc import read_image, resize_label
 from banacli.errors import DataError
 from banacli.ops.labelers import box_labeler

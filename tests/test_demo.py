@@ -106,7 +106,7 @@ def test_quick_profile_runs_two_seeds_of_the_context_data_only(tmp_path):
 
 
 def test_data_option_runs_the_comparison_on_a_given_dataset(tmp_path):
-    from banacli.data.synth import generate
+    from banacli.data.synthetic import generate
 
     root = tmp_path / "mydata"
     generate(root, images=8, size=48, seed=7, val=4)

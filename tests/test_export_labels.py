@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from banacli.cli import build_app
 from banacli.data.coco import COCODataset
 from banacli.data.palette import PALETTE, VOID, load_label_png, save_label_png
-from banacli.data.synth import generate
+from banacli.data.synthetic import generate
 from banacli.data.synth_coco import generate_coco
 from banacli.data.voc import VOCDataset, box_pixel_ranges, definite_background
 from banacli.interop.masks import decode_brush_rle, polygons_to_mask

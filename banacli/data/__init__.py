@@ -1,7 +1,7 @@
 """Dataset readers (PASCAL VOC layout), the synthetic generator, joint transforms, palette.
 
 See docs/data.md for the layout, the box convention and the behaviour on bad input.
-Names are imported lazily, so ``import banacli.data.synth`` does not pull in torchvision.
+Names are imported lazily, so ``import banacli.data.synthetic`` does not pull in torchvision.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _EXPORTS = {
         "VOC_CLASSES", "Sample", "VOCDataset", "definite_background", "load_sample",
         "read_split", "resolve_classes",
     ),
-    "synth": ("SYNTH_CLASSES", "box_as_mask", "box_baseline_miou", "generate"),
+    "synthetic": ("SYNTH_CLASSES", "box_as_mask", "box_baseline_miou", "generate"),
 }  # fmt: skip
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -1,6 +1,6 @@
 """The synthetic set in MS-COCO layout (``bana synth --format coco``), and VOC -> COCO JSON.
 
-``generate_coco`` draws the same images as :func:`banacli.data.synth.generate` (same seed, same
+``generate_coco`` draws the same images as :func:`banacli.data.synthetic.generate` (same seed, same
 pixels, same boxes) into a temporary VOC folder and converts it with ``voc_to_coco``::
 
     OUT/annotations/instances_train.json, OUT/train/ID.jpg
@@ -111,9 +111,9 @@ def voc_to_coco(
 
 def generate_coco(out: str | os.PathLike, *, images: int, size: int, seed: int, val: int = 0,
                   progress: Any = None, **synth_kwargs: Any) -> dict[str, Any]:
-    """``banacli.data.synth.generate`` in COCO layout (module docstring). Returns its summary
+    """``banacli.data.synthetic.generate`` in COCO layout (module docstring). Returns its summary
     plus ``annotations``: the JSON paths."""
-    from banacli.data.synth import SYNTH_CLASSES, generate
+    from banacli.data.synthetic import SYNTH_CLASSES, generate
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from banacli.data.synth import generate
+from banacli.data.synthetic import generate
 
 
 @pytest.fixture(scope="session")

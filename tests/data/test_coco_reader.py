@@ -11,7 +11,7 @@ from PIL import Image
 
 from banacli.data.coco import COCODataset, data_format, open_data, xywh_to_xyxy, xyxy_to_xywh
 from banacli.data.palette import load_label_png
-from banacli.data.synth import SYNTH_CLASSES
+from banacli.data.synthetic import SYNTH_CLASSES
 from banacli.data.synth_coco import encode_mask, generate_coco
 from banacli.data.voc import VOCDataset
 from banacli.errors import DataError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from banacli.data.palette import load_label_png
-from banacli.data.synth import SYNTH_CLASSES, box_as_mask, box_baseline_miou, generate, _miou
+from banacli.data.synthetic import SYNTH_CLASSES, box_as_mask, box_baseline_miou, generate, _miou
 from banacli.data.voc import VOCDataset, read_split
 from banacli.errors import DataError
 
@@ -131,7 +131,7 @@ def test_context_zero_is_unchanged_and_context_images_nest(tmp_path):
 def test_context_background_is_the_habitat_of_an_object_class(tmp_path):
     import cv2
 
-    from banacli.data.synth import HABITATS, _HUES
+    from banacli.data.synthetic import HABITATS, _HUES
 
     # no habitat hue lies in an object's hue band (class hue +-12 degrees)
     for hab in HABITATS.values():

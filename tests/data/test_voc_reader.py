@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from banacli.data.palette import load_label_png, save_label_png
-from banacli.data.synth import SYNTH_CLASSES
+from banacli.data.synthetic import SYNTH_CLASSES
 from banacli.data.voc import (
     VOC_CLASSES,
     VOCDataset,

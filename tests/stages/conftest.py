@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from banacli.cli import build_app
-from banacli.data.synth import generate
+from banacli.data.synthetic import generate
 
 TINY_CLS = ["--backbone", "tiny", "--set", "cls.weights=null", "--crop-size", "48", "--batch-size", "4",
             "--checkpoint-every", "100", "--log-every", "1", "-q"]

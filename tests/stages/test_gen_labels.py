@@ -111,7 +111,7 @@ def test_class_agnostic_mode_runs_with_other_classes(tiny_data, fresh_cls_run, a
 
 
 def test_box_labeler_equals_box_masks(tiny_data, tmp_path, app):
-    from banacli.data.synth import box_as_mask
+    from banacli.data.synthetic import box_as_mask
     from banacli.data.voc import VOCDataset
 
     run = tmp_path / "run"

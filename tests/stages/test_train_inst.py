@@ -14,7 +14,7 @@ import torch
 
 from banacli.artifacts import load_model
 from banacli.data.palette import load_label_png, save_label_png
-from banacli.data.synth import generate
+from banacli.data.synthetic import generate
 from banacli.instances.maskrcnn import load_instance_model, predict_instances
 from banacli.instances.targets import pseudo_instance_targets
 

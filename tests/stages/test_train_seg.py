@@ -81,7 +81,7 @@ def test_tiny_deeplab_leaves_the_background_prior_early(tmp_path, app):
     import json
     import shutil
 
-    from banacli.data.synth import generate
+    from banacli.data.synthetic import generate
 
     data = tmp_path / "data"
     generate(data, images=100, size=96, seed=5, val=20)
