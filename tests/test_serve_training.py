@@ -9,9 +9,7 @@ over real HTTP, and the retraining is a real ``bana train-cls`` subprocess (2 it
 from __future__ import annotations
 
 import hashlib
-import http.server as http_server
 import json
-import threading
 import time
 
 import pytest
@@ -25,30 +23,8 @@ from banacli.serve.backend import Backend, ModelSlot  # noqa: E402
 from banacli.serve.images import ImageSource  # noqa: E402
 from banacli.serve.training import Trainer  # noqa: E402
 
-from .serve_fixtures import fixture, http, make_cls_run, write_fixture_images  # noqa: E402
+from .serve_fixtures import fixture, http, make_cls_run, stand_in_label_studio, write_fixture_images  # noqa: E402
 
-
-def _fake_label_studio(tasks: list[dict], token: str):
-    seen = []
-
-    class Handler(http_server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            seen.append((self.path, self.headers.get("Authorization")))
-            ok = self.path == "/api/projects/5/export?exportType=JSON" and \
-                self.headers.get("Authorization") == f"Token {token}"
-            payload = json.dumps(tasks if ok else {"detail": "no"}).encode()
-            self.send_response(200 if ok else 403)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, f"http://127.0.0.1:{srv.server_address[1]}", seen
 
 
 def test_start_training_webhook_retrains_and_swaps(tmp_path):
@@ -58,7 +34,8 @@ def test_start_training_webhook_retrains_and_swaps(tmp_path):
     batch = fixture("predict_batch_request")
     tasks = batch["tasks"]  # 13 and 14 are annotated (3 boxes); 15 is not
     token = "0123456789abcdef0123456789abcdef01234567"
-    ls, ls_url, seen = _fake_label_studio(tasks, token)
+    export = (200, {"Content-Type": "application/json"}, json.dumps(tasks).encode())
+    ls, ls_url, seen = stand_in_label_studio({"/api/projects/5/export?exportType=JSON": export}, token)
 
     slot = ModelSlot(Labeler.from_run(run))
     trainer = Trainer(run_dir=run, slot=slot, images=images, iterations=2,
