@@ -157,6 +157,7 @@ def _cls_validator(ctx: StageContext, model, norm, info):
     """validate(done): box accuracy and mAP on data.val_split, logged (rank 0)."""
     from banacli.runs import open_dataset
     from banacli.engine import classify_boxes, log_line_for
+    from banacli.engine.evaluate import COVERED
 
     cfg: ClsConfig = ctx.section
     val = open_dataset(ctx, ctx.config.data.val_split, with_gt=False)
@@ -167,7 +168,9 @@ def _cls_validator(ctx: StageContext, model, norm, info):
                            pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
         validate.last = {"iteration": done, **r}
         emit(f"train-cls: iteration {done} val box accuracy {100 * r['accuracy']:.1f}% mAP {100 * r['map']:.1f}% "
-             f"({r['boxes']} boxes of {ctx.config.data.val_split})")
+             f"({r['boxes']} boxes of {ctx.config.data.val_split}; {100 * r['accuracy_clear']:.1f}% on the "
+             f"{r['boxes_clear']} clear ones, {100 * r['accuracy_covered']:.1f}% on the {r['boxes_covered']} that "
+             f"another box covers by >= {100 * COVERED:.0f}%)")
 
     validate.last = None
     return validate

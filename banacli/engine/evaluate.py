@@ -28,13 +28,33 @@ def average_precision(scores: Any, positives: Any) -> float:
     return float(precision[hits].mean())
 
 
+COVERED = 0.3  # a box is "covered" when another box of its image overlaps this share of its area
+
+
+def covered_share(boxes: Any) -> np.ndarray:
+    """Per box (K, 4) ``x0 y0 x1 y1``: the largest share of its area that one other box of the same
+    image overlaps (0 for a box alone)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(b) < 2:
+        return np.zeros(len(b))
+    iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-12)
+    share = iw * ih / area[:, None]
+    np.fill_diagonal(share, 0.0)
+    return share.max(axis=1)
+
+
 def classify_boxes(model: nn.Module, ds, norm: dict, device: torch.device, *, grid_size: int, roi_size: int,
                    pooling: str, bg_fallback: float) -> dict[str, float]:
     """Box classification on a dataset with the stage-1 classifier (eval mode, whole images):
     each box's class scores are the mean of its R x R bins' logits. Returns ``accuracy`` (argmax
     over the object classes equals the box's class), ``map`` (mean over classes with boxes of
-    the AP of the class's softmax score) and ``boxes``."""
-    all_scores, all_labels = [], []
+    the AP of the class's softmax score) and ``boxes``; ``accuracy_clear`` / ``accuracy_covered``
+    with ``boxes_clear`` / ``boxes_covered`` split the boxes by :func:`covered_share` below /
+    at least :data:`COVERED` (another object's box over much of the box makes its class
+    ambiguous for a pooled box feature)."""
+    all_scores, all_labels, all_covered = [], [], []
     r2 = roi_size * roi_size
     for i in range(len(ds)):
         s = ds.load(i)
@@ -50,14 +70,20 @@ def classify_boxes(model: nn.Module, ds, norm: dict, device: torch.device, *, gr
         logits = out["logits"][: len(boxes) * r2].reshape(len(boxes), r2, -1).mean(dim=1)
         all_scores.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         all_labels.append(np.asarray(s.labels))
+        all_covered.append(covered_share(s.boxes) >= COVERED)
     if not all_scores:
         return {"accuracy": float("nan"), "map": float("nan"), "boxes": 0}
     scores, labels = np.concatenate(all_scores), np.concatenate(all_labels)
     pred = scores[:, 1:].argmax(axis=1) + 1
     aps = [average_precision(scores[:, c], labels == c) for c in range(1, scores.shape[1])]
     aps = [a for a in aps if a == a]
-    return {"accuracy": float((pred == labels).mean()), "map": float(np.mean(aps)) if aps else float("nan"),
-            "boxes": int(len(labels))}
+    right, covered = pred == labels, np.concatenate(all_covered)
+    return {"accuracy": float(right.mean()), "map": float(np.mean(aps)) if aps else float("nan"),
+            "boxes": int(len(labels)),
+            "accuracy_clear": float(right[~covered].mean()) if (~covered).any() else float("nan"),
+            "boxes_clear": int((~covered).sum()),
+            "accuracy_covered": float(right[covered].mean()) if covered.any() else float("nan"),
+            "boxes_covered": int(covered.sum())}
 
 
 def segment_miou(model: nn.Module, ds, norm: dict, device: torch.device, num_classes: int) -> dict[str, float]:

@@ -153,6 +153,10 @@ def test_cls_validation_reports_accuracy_and_map(tiny_data, tmp_path, app):
     _, meta = load_model(run / "cls" / "model.safetensors")
     val = meta["metrics"]["val"]
     assert val["iteration"] == 2 and 0 <= val["accuracy"] <= 1 and val["boxes"] > 0
+    # the clear / covered split partitions the boxes: its counts add up and its accuracies average back
+    assert val["boxes_clear"] + val["boxes_covered"] == val["boxes"]
+    parts = [(val[f"accuracy_{k}"], val[f"boxes_{k}"]) for k in ("clear", "covered") if val[f"boxes_{k}"]]
+    assert sum(a * n for a, n in parts) == pytest.approx(val["accuracy"] * val["boxes"])
 
 
 def test_validation_does_not_change_training(tiny_data, tmp_path, app):
