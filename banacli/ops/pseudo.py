@@ -23,7 +23,7 @@ their pixels (both conventions, and their arithmetic) are defined in :mod:`banac
 foreground extents — CAM support and per-box maximum (step 5), the post-CRF class mask (step
 8) and the retrieval class mask (step 9) — are their ``[ymin:ymax, xmin:xmax]`` slices of the
 1-based VOC values after a float32 normalise/denormalise round trip truncated by ``.long()``
-(:func:`authors_extents`), and where boxes of one class overlap the later box's normalised CAM
+(:func:`banacli.boxes.authors_extents`), and where boxes of one class overlap the later box's normalised CAM
 wins. The background mask, the background queries and "background outside the boxes" keep the
 full (VOC) boxes in both conventions.
 
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from banacli.boxes import BOX_CONVENTIONS, authors_extents, box_extents, check_box_labels, foreground_extents, union_mask
+from banacli.boxes import BOX_CONVENTIONS, box_extents, check_box_labels, foreground_extents, union_mask
 from banacli.errors import ConfigError, DataError
 from banacli.ops.crf import CRFParams, dense_crf
 
@@ -58,11 +58,6 @@ __all__ = [
     "PseudoLabels",
     "Unaries",
     "FeatureField",
-    "box_extents",
-    "authors_extents",
-    "foreground_extents",
-    "BOX_CONVENTIONS",
-    "check_box_labels",
     "background_attention",
     "compute_unaries",
     "refine_with_crf",
