@@ -25,7 +25,6 @@ from rich.console import Console
 from banacli import __version__
 from banacli.config import resolve_config, root_model
 from banacli.errors import BanaError, ConfigError, os_error_line
-from banacli.lock import stage_lock
 from banacli.stage import Stage, StageContext, discover_stages, setup_stage_logging
 from banacli.threads import configure_threads, prepare_openmp_env
 
@@ -130,7 +129,10 @@ def run_stage(stage: Stage, model: type[BaseModel], values: dict[str, Any]) -> i
                            run_dir=Path(run_dir) if run_dir else None, device=device,
                            quiet=bool(values.get("quiet")) or not main_rank, console=_err)
         if ctx.run_dir is not None and main_rank and stage.locks_run:
-            held.enter_context(stage_lock(ctx.stage_dir, stage.name, getattr(ctx.section, "shard", None)))  # one process per stage and run
+            from banacli.runs import RunDir  # loads torch, which `bana --help` and stage discovery do not
+
+            part = getattr(ctx.section, "shard", None)  # gen-labels --shard K/N: one lock per shard
+            held.enter_context(RunDir(ctx.run_dir).lock(stage.section, stage.name, part))  # one process per stage and run
         handler = setup_stage_logging(ctx) if main_rank else None
         try:
             ctx.logger.info("bana %s %s: %s", __version__, stage.name, " ".join(sys.argv[1:]))

@@ -1,5 +1,16 @@
-"""Shared helpers of the stages: the run directory's layout (:class:`RunDir`), opening the dataset,
-hashing inputs, seeded augmentation, rebuilding saved models."""
+"""Shared helpers of the stages: the run directory's layout and its locks (:class:`RunDir`), opening
+the dataset, hashing inputs, seeded augmentation, rebuilding saved models.
+
+One process per stage and run directory: an ``fcntl`` lock on ``RUN/<section>/.lock``
+(:meth:`RunDir.lock`). Two ``bana gen-labels`` (or two ``train-cls``, ...) on the same run directory
+would write the same files and leave a report or manifest that matches neither; the second one stops
+at once with one line naming the first one's pid. Different stages of one run may still run side by
+side (``train-cls`` while ``predict`` reads another stage's model). The lock is held on an open file
+descriptor, so the kernel drops it when the process dies, even by ``kill -9``: a stale lock file
+never blocks a later run. Under torchrun only rank 0 takes the lock (the ranks of one job share the
+stage on purpose); each gen-labels ``--shard K/N`` takes its own. ``fcntl`` locks are advisory and
+per host; on NFS they depend on the server's lock support.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ import torch
 from banacli.data.voc import VOCDataset, annotation_path, find_image, read_annotation_bytes, split_path
 from banacli.artifacts import load_model, read_sidecar
 from banacli.data.coco import open_data
-from banacli.errors import ArtifactError
+from banacli.errors import ArtifactError, BanaError
 
 
 def open_dataset(ctx, split: str | None = None, *, with_gt: bool = True) -> VOCDataset:
@@ -86,6 +97,11 @@ MODEL_FILE = "model.safetensors"
 BEST_MODEL_FILE = "best.safetensors"
 MANIFEST_SUFFIX = ".manifest.json"
 REPORT_SUFFIX = ".report.json"
+LOCK_NAME = ".lock"
+
+
+class RunLockedError(BanaError):
+    """Another process holds the stage's lock."""
 
 
 class RunDir:
@@ -96,7 +112,9 @@ class RunDir:
       (and train-seg's ``best.safetensors`` with validation);
     - ``RUN/labels/<set>/ID.png``: one label set of gen-labels (``Ycrf``, ``Yret``, ``Box``, ...);
     - ``RUN/labels/<method>.manifest.json``: what made the label sets of one labeler;
-      ``RUN/labels/<method>.report.json`` its scores.
+      ``RUN/labels/<method>.report.json`` its scores;
+    - ``RUN/<section>/.lock``: held by the stage writing the section (``.lock-K-of-N`` per
+      gen-labels ``--shard K/N``), see :meth:`lock`.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -132,6 +150,40 @@ class RunDir:
     def manifest_methods(self) -> list[str]:
         """The methods that have a manifest in this run, sorted."""
         return sorted(p.name.removesuffix(MANIFEST_SUFFIX) for p in self.labels.glob(f"*{MANIFEST_SUFFIX}"))
+
+    def lock_path(self, section: str, part: str | None = None) -> Path:
+        """``RUN/<section>/.lock``; ``part`` (gen-labels ``--shard K/N``) gives ``.lock-K-of-N``."""
+        return self.stage(section) / (LOCK_NAME if not part else f"{LOCK_NAME}-{part.replace('/', '-of-')}")
+
+    @contextlib.contextmanager
+    def lock(self, section: str, stage_name: str, part: str | None = None) -> Iterator[Path]:
+        """Hold :meth:`lock_path` for the block; RunLockedError when another process holds it.
+        ``part`` (gen-labels ``--shard K/N``) gives each shard its own lock: the shards of one
+        split share the run directory on purpose, two copies of one shard may not."""
+        import fcntl  # POSIX-only
+
+        stage_dir = self.stage(section)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        path = self.lock_path(section, part)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                raise RunLockedError(
+                    f"{stage_dir}: another bana {stage_name} (pid {other}) is using this run directory; "
+                    "wait for it to finish or use another --run") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield path
+            finally:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def model_path(run_dir: Path, section: str) -> Path:

@@ -50,7 +50,7 @@ class Stage:
     arguments: tuple[str, ...] = ()
     needs_data: bool = True
     needs_run: bool = True
-    locks_run: bool = True  # hold RUN/<section>/.lock while running (banacli.lock); off for read-only stages
+    locks_run: bool = True  # hold RUN/<section>/.lock while running (RunDir.lock); off for read-only stages
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").isalnum():

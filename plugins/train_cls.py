@@ -10,7 +10,7 @@ from banacli.stage import Stage, StageContext
 from banacli.artifacts import save_model
 
 
-class _ClsTrainSet:
+class ClsTrainSet:
     """(index, seed) -> one augmented training sample with its definite-background mask."""
 
     def __init__(self, ds, augment):
@@ -75,7 +75,7 @@ def run(ctx: StageContext) -> None:
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         net = wrap_ddp(model, info)
         augment = JointAugment(cfg.crop_size, scale=cfg.scale, mean_rgb=mean_rgb(norm))
-        train_set = _ClsTrainSet(ds, augment)
+        train_set = ClsTrainSet(ds, augment)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
 
         batches = seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,

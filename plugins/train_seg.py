@@ -9,7 +9,7 @@ from pathlib import Path
 from banacli.config import SegConfig
 from banacli.stage import Stage, StageContext
 from banacli.artifacts import save_model, sha256_file
-from banacli.errors import DataError
+from banacli.errors import ConfigError, DataError
 from banacli.outputs import check_labels, read_skipped
 
 
@@ -67,107 +67,152 @@ def _collate(batch):
 
 
 def run(ctx: StageContext) -> None:
-    import torch
-
-    from banacli.data.transforms import JointAugment
-    from banacli.data.voc import read_split
-    from banacli.models.deeplab import build_segmenter, upsample_logits
-    from banacli.models.normalize import mean_rgb, normalize
-    from banacli.ops.nal import bootstrap_beta, seg_loss
+    from banacli.engine import init_distributed, per_rank_batch, shutdown_distributed, wrap_ddp
     from banacli.labeling.registry import label_sets
-    from banacli.runs import RunDir, check_crop_size, config_digest, dataset_digest, open_dataset, seg_arch
-    from banacli.engine import (
-        LoopSpec, init_distributed, log_line_for, per_rank_batch, poly_lr, shutdown_distributed, seeded_batches,
-        train_loop, wrap_ddp,
-    )
+    from banacli.runs import RunDir, check_crop_size, open_dataset
 
     cfg: SegConfig = ctx.section
-    data = ctx.config.data
     info = init_distributed(ctx.device)
     try:
-        ds = open_dataset(ctx, with_gt=data.gt_split is not None)
+        ds = open_dataset(ctx, with_gt=ctx.config.data.gt_split is not None)
         crf_name, ret_name = label_sets(cfg.labels)
         rundir = RunDir(ctx.run_dir)
         crf_dir, ret_dir = rundir.label_set(crf_name), rundir.label_set(ret_name)
         check_labels(ds, [crf_dir, ret_dir], read_skipped(rundir.labels, cfg.labels))
-        gt_ids: set[str] = set()
-        if data.gt_split and getattr(ds, "format", "voc") == "coco":
-            from banacli.errors import ConfigError
-
-            raise ConfigError("data.gt_split: the semi-supervised setting needs VOC data (ImageSets/Segmentation)")
-        if data.gt_split:
-            gt_ids = set(read_split(ctx.data_root, data.gt_split)) & set(ds.ids)
-            for image_id in sorted(gt_ids):
-                from banacli.data.voc import find_gt
-
-                if find_gt(ctx.data_root, image_id) is None:
-                    raise DataError(f"{image_id}: listed in data.gt_split {data.gt_split!r} but has no ground-truth mask")
-            ctx.info(f"semi-supervised: {len(gt_ids)} of {len(ds)} images use ground-truth masks")
-
+        gt_ids = _ground_truth_ids(ctx, ds)
         if info.is_main:
             check_crop_size(ctx, ds, cfg.crop_size, key="seg.crop_size")
-        torch.manual_seed(cfg.seed)
-        model = build_segmenter(cfg.model, len(ds.class_names), weights=cfg.weights, tau=cfg.tau).to(info.device)
-        norm = model.normalization
-        optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
-                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        model, optimizer = _model_and_optimizer(cfg, len(ds.class_names), info)
         net = wrap_ddp(model, info)
-        train_set = _SegTrainSet(ds, JointAugment(cfg.crop_size, mean_rgb=mean_rgb(norm)), crf_dir, ret_dir, gt_ids)
+        train_set = _SegTrainSet(ds, _augment(cfg, model), crf_dir, ret_dir, gt_ids)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
-
-        batches = seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 iterations=cfg.iterations, info=info, num_workers=data.loader_workers)
-
-        def step(batch, it):
-            images = normalize(batch["images"].to(info.device), norm)
-            out = net(images)
-            logits = upsample_logits(out["logits"], images.shape[-2:]).float()
-            beta = bootstrap_beta(it, cfg.iterations, cfg.poly_power) if cfg.loss == "bootstrap" else None
-            gt = batch["gt"].to(info.device) if gt_ids else None
-            has_gt = batch["has_gt"].to(info.device) if gt_ids else None
-            loss, stats = seg_loss(cfg.loss, logits, batch["ycrf"].to(info.device), batch["yret"].to(info.device),
-                                   tau=cfg.tau, gamma=cfg.gamma, lam=cfg.lam, detach_sigma=cfg.detach_sigma,
-                                   beta=beta, gt=gt, has_gt=has_gt)
-            return loss, {k: v for k, v in stats.items() if k != "loss"}
-
-        validate = _seg_validator(ctx, model, norm, info, len(ds.class_names)) if cfg.val_every else None
-
-        ctx.info(f"train-seg: {len(ds)} images, model {cfg.model}, loss {cfg.loss} on labels {crf_name}/{ret_name}, "
-                 f"{cfg.iterations} iterations of batch {cfg.batch_size} ({info.world} x {local_batch}) on {info.device}"
-                 + (f", gradient norm clipped to {cfg.clip_norm():g}" if cfg.clip_norm() is not None else ""))
+        batches = _batches(ctx, train_set, info)
+        step = _loss_step(cfg, net, model.normalization, info, with_gt=bool(gt_ids))
+        validate = _seg_validator(ctx, model, model.normalization, info, len(ds.class_names)) if cfg.val_every else None
+        _announce(ctx, ds, f"{crf_name}/{ret_name}", info, local_batch)
         t0 = time.perf_counter()
-        with ctx.progress() as prog:
-            result = train_loop(LoopSpec(
-                model=net, optimizer=optimizer, batches=batches, step=step,
-                lr_factor=lambda it: poly_lr(1.0, it, cfg.iterations, cfg.poly_power), iterations=cfg.iterations,
-                out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None,
-                config_meta=config_digest(ctx.config, ("data", "seg")),
-                force=cfg.force, label="train-seg", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
-                on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
-                tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
-                clip_grad_norm=cfg.clip_norm(),
-            ))
+        result = _train(ctx, net, optimizer, batches, step, validate, info)
         seconds = time.perf_counter() - t0
         if info.is_main:
-            final = result.losses[-1]["loss"] if result.losses else float("nan")
-            manifest = rundir.manifest(cfg.labels)
-            inputs = {"dataset": dataset_digest(ds)}
-            if manifest.is_file():
-                inputs["labels_manifest"] = sha256_file(manifest)
-            save_model(
-                rundir.model("seg"), model.state_dict(), arch=seg_arch(cfg.model),
-                class_names=ds.class_names, normalization=norm, config=ctx.config.model_dump(mode="json"),
-                inputs=inputs,
-                metrics={"final_loss": final, "iterations": result.iteration, "resumed_from": result.resumed_from,
-                         "seconds": round(seconds, 2),
-                         **({"val": validate.state} if validate is not None and validate.state["last"] else {})},
-                extra={"tau": cfg.tau, "world_size": info.world,
-                       "init_weights": getattr(model.backbone, "init_weights", None)},
-            )
-            ctx.info(f"train-seg: final loss {final:.4f}; wrote {rundir.model('seg')}")
+            _save(ctx, rundir, ds, model, result, seconds, validate, info)
     finally:
         shutdown_distributed(info)
+
+
+def _ground_truth_ids(ctx: StageContext, ds) -> set[str]:
+    """The training images of data.gt_split (the semi-supervised setting), each with a mask."""
+    from banacli.data.voc import find_gt, read_split
+
+    data = ctx.config.data
+    if data.gt_split and getattr(ds, "format", "voc") == "coco":
+        raise ConfigError("data.gt_split: the semi-supervised setting needs VOC data (ImageSets/Segmentation)")
+    if not data.gt_split:
+        return set()
+    gt_ids = set(read_split(ctx.data_root, data.gt_split)) & set(ds.ids)
+    for image_id in sorted(gt_ids):
+        if find_gt(ctx.data_root, image_id) is None:
+            raise DataError(f"{image_id}: listed in data.gt_split {data.gt_split!r} but has no ground-truth mask")
+    ctx.info(f"semi-supervised: {len(gt_ids)} of {len(ds)} images use ground-truth masks")
+    return gt_ids
+
+
+def _model_and_optimizer(cfg: SegConfig, num_classes: int, info):
+    """The segmenter (seeded with seg.seed) on the device, and its SGD optimizer."""
+    import torch
+
+    from banacli.models.deeplab import build_segmenter
+
+    torch.manual_seed(cfg.seed)
+    model = build_segmenter(cfg.model, num_classes, weights=cfg.weights, tau=cfg.tau).to(info.device)
+    optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return model, optimizer
+
+
+def _augment(cfg: SegConfig, model):
+    from banacli.data.transforms import JointAugment
+    from banacli.models.normalize import mean_rgb
+
+    return JointAugment(cfg.crop_size, mean_rgb=mean_rgb(model.normalization))
+
+
+def _batches(ctx: StageContext, train_set: _SegTrainSet, info):
+    from banacli.engine import seeded_batches
+
+    cfg: SegConfig = ctx.section
+    return seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,
+                          iterations=cfg.iterations, info=info, num_workers=ctx.config.data.loader_workers)
+
+
+def _loss_step(cfg: SegConfig, net, norm, info, *, with_gt: bool):
+    """step(batch, it): the noise-aware loss (seg.loss) of one batch and its parts to log."""
+    from banacli.models.deeplab import upsample_logits
+    from banacli.models.normalize import normalize
+    from banacli.ops.nal import bootstrap_beta, seg_loss
+
+    def step(batch, it):
+        images = normalize(batch["images"].to(info.device), norm)
+        out = net(images)
+        logits = upsample_logits(out["logits"], images.shape[-2:]).float()
+        beta = bootstrap_beta(it, cfg.iterations, cfg.poly_power) if cfg.loss == "bootstrap" else None
+        gt = batch["gt"].to(info.device) if with_gt else None
+        has_gt = batch["has_gt"].to(info.device) if with_gt else None
+        loss, stats = seg_loss(cfg.loss, logits, batch["ycrf"].to(info.device), batch["yret"].to(info.device),
+                               tau=cfg.tau, gamma=cfg.gamma, lam=cfg.lam, detach_sigma=cfg.detach_sigma,
+                               beta=beta, gt=gt, has_gt=has_gt)
+        return loss, {k: v for k, v in stats.items() if k != "loss"}
+
+    return step
+
+
+def _announce(ctx: StageContext, ds, labels: str, info, local_batch: int) -> None:
+    cfg: SegConfig = ctx.section
+    ctx.info(f"train-seg: {len(ds)} images, model {cfg.model}, loss {cfg.loss} on labels {labels}, "
+             f"{cfg.iterations} iterations of batch {cfg.batch_size} ({info.world} x {local_batch}) on {info.device}"
+             + (f", gradient norm clipped to {cfg.clip_norm():g}" if cfg.clip_norm() is not None else ""))
+
+
+def _train(ctx: StageContext, net, optimizer, batches, step, validate, info):
+    """The training loop (banacli.engine.train_loop) with train-seg's schedule, logs and checkpoints."""
+    from banacli.engine import LoopSpec, log_line_for, poly_lr, train_loop
+    from banacli.runs import config_digest
+
+    cfg: SegConfig = ctx.section
+    with ctx.progress() as prog:
+        return train_loop(LoopSpec(
+            model=net, optimizer=optimizer, batches=batches, step=step,
+            lr_factor=lambda it: poly_lr(1.0, it, cfg.iterations, cfg.poly_power), iterations=cfg.iterations,
+            out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+            resume=cfg.resume, amp=cfg.amp, progress=prog if info.is_main else None,
+            config_meta=config_digest(ctx.config, ("data", "seg")),
+            force=cfg.force, label="train-seg", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
+            on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
+            tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
+            clip_grad_norm=cfg.clip_norm(),
+        ))
+
+
+def _save(ctx: StageContext, rundir, ds, model, result, seconds: float, validate, info) -> None:
+    """RUN/seg/model.safetensors with its sidecar: inputs (dataset, labels manifest) and metrics."""
+    from banacli.runs import dataset_digest, seg_arch
+
+    cfg: SegConfig = ctx.section
+    final = result.losses[-1]["loss"] if result.losses else float("nan")
+    manifest = rundir.manifest(cfg.labels)
+    inputs = {"dataset": dataset_digest(ds)}
+    if manifest.is_file():
+        inputs["labels_manifest"] = sha256_file(manifest)
+    save_model(
+        rundir.model("seg"), model.state_dict(), arch=seg_arch(cfg.model),
+        class_names=ds.class_names, normalization=model.normalization, config=ctx.config.model_dump(mode="json"),
+        inputs=inputs,
+        metrics={"final_loss": final, "iterations": result.iteration, "resumed_from": result.resumed_from,
+                 "seconds": round(seconds, 2),
+                 **({"val": validate.state} if validate is not None and validate.state["last"] else {})},
+        extra={"tau": cfg.tau, "world_size": info.world,
+               "init_weights": getattr(model.backbone, "init_weights", None)},
+    )
+    ctx.info(f"train-seg: final loss {final:.4f}; wrote {rundir.model('seg')}")
 
 
 def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):

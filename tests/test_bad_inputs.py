@@ -247,10 +247,10 @@ def test_6_second_process_on_the_same_stage_is_refused_naming_the_first(voc, tmp
     run = tmp_path / "run"
     assert invoke(["gen-labels", "--data", voc, "--run", run, *BOX]).exit_code == 0
     before = snapshot(run / "labels")
-    code = ("import sys, time; from pathlib import Path; from banacli.lock import stage_lock\n"
-            "with stage_lock(Path(sys.argv[1]), 'gen-labels'):\n"
+    code = ("import sys, time; from banacli.runs import RunDir\n"
+            "with RunDir(sys.argv[1]).lock('labels', 'gen-labels'):\n"
             "    print('held', flush=True); time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(run / "labels")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         res = invoke(["gen-labels", "--data", voc, "--run", run, *BOX, "--force"])
@@ -269,12 +269,13 @@ def test_6_shards_lock_separately_and_one_shard_only_once(tmp_path):
     """--shard K/N processes share the run on purpose: each shard has its own lock."""
     import pytest
 
-    from banacli.lock import RunLockedError, stage_lock
+    from banacli.runs import RunDir, RunLockedError
 
-    with stage_lock(tmp_path, "gen-labels", "1/2") as one, stage_lock(tmp_path, "gen-labels", "2/2") as two:
-        assert one != two
+    run = RunDir(tmp_path)
+    with run.lock("labels", "gen-labels", "1/2") as one, run.lock("labels", "gen-labels", "2/2") as two:
+        assert (one, two) == (run.lock_path("labels", "1/2"), tmp_path / "labels" / ".lock-2-of-2")
         with pytest.raises(RunLockedError, match="another bana gen-labels"):
-            with stage_lock(tmp_path, "gen-labels", "1/2"):
+            with run.lock("labels", "gen-labels", "1/2"):
                 pass
 
 

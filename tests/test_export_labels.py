@@ -19,12 +19,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
+from banacli.boxes import box_pixel_ranges, definite_background
 from banacli.cli import build_app
 from banacli.data.coco import COCODataset
 from banacli.data.palette import PALETTE, VOID, load_label_png, save_label_png
 from banacli.data.synthetic import generate
 from banacli.data.synth_coco import generate_coco
-from banacli.data.voc import VOCDataset, box_pixel_ranges, definite_background
+from banacli.data.voc import VOCDataset
 from banacli.interop.masks import decode_brush_rle, polygons_to_mask
 from banacli.ops.instances import box_instance_masks
 from banacli.runs import dataset_digest

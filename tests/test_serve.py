@@ -275,7 +275,7 @@ def test_percent_boxes_come_back_to_the_same_pixels():
     """Integer pixel boxes written as Label Studio percent (by banacli.interop) and read back:
     every edge lands on the same integer, although percent arithmetic misses it by 1e-15."""
     from banacli.interop.labelstudio import rectangle_result
-    from banacli.ops.pseudo import box_extents
+    from banacli.boxes import box_extents
     from banacli.serve.tasks import rectangle_to_pixels
 
     missed = 0

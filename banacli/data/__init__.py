@@ -11,14 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "palette": ("PALETTE", "VOID", "colorize", "load_label_png", "overlay", "save_label_png"),
-    "transforms": (
-        "JointAugment", "collate_boxes", "definite_background_tensor", "sample_to_tensors",
-        "to_tensor_sample",
-    ),
-    "voc": (
-        "VOC_CLASSES", "Sample", "VOCDataset", "definite_background", "load_sample",
-        "read_split", "resolve_classes",
-    ),
+    "transforms": ("JointAugment", "collate_boxes", "sample_to_tensors", "to_tensor_sample"),
+    "voc": ("VOC_CLASSES", "Sample", "VOCDataset", "load_sample", "read_split", "resolve_classes"),
     "synthetic": ("SYNTH_CLASSES", "box_as_mask", "box_baseline_miou", "generate"),
 }  # fmt: skip
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

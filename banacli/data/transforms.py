@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from banacli.boxes import definite_background_tensor  # noqa: F401  (re-exported: banacli.data)
 from banacli.data.palette import VOID
 from banacli.data.voc import Sample
 

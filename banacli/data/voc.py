@@ -38,7 +38,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from banacli.boxes import box_pixel_ranges, definite_background  # noqa: F401  (box_pixel_ranges re-exported)
+from banacli.boxes import definite_background
 from banacli.data.palette import VOID, load_label_png
 from banacli.errors import DataError
 

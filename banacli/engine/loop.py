@@ -112,6 +112,86 @@ def _validate(model: nn.Module, validate: Callable[[int], None], done: int) -> N
             net.train()
 
 
+def _spec_from(spec: LoopSpec | None, fields: dict[str, Any]) -> LoopSpec:
+    if spec is None:
+        return LoopSpec(**fields)
+    if fields:
+        raise TypeError(f"train_loop: pass a LoopSpec or keywords, not both ({', '.join(fields)})")
+    return spec
+
+
+@dataclass
+class _Amp:
+    """Autocast on CUDA when ``spec.amp``: bfloat16 where supported, else float16 with a scaler."""
+
+    enabled: bool
+    dtype: torch.dtype
+    scaler: Any
+
+
+def _amp_for(spec: LoopSpec) -> _Amp:
+    enabled = spec.amp and spec.info.device.type == "cuda"
+    dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
+    return _Amp(enabled, dtype, torch.amp.GradScaler("cuda") if enabled and dtype == torch.float16 else None)
+
+
+def _resume_state(spec: LoopSpec, ckpt: Path, scaler: Any) -> tuple[int, list[dict[str, float]]]:
+    """(first iteration, loss log so far): from the checkpoint with ``spec.resume``, else (0, [])."""
+    if spec.resume and ckpt.is_file():
+        state = load_checkpoint(ckpt, spec.model, spec.optimizer, scaler=scaler, device=spec.info.device)
+        return int(state["iteration"]), list(state["losses"])
+    return 0, []
+
+
+def _forward(spec: LoopSpec, batch: Any, it: int, amp: _Amp) -> tuple[torch.Tensor, dict]:
+    """Set this iteration's learning rates, run ``spec.step`` under autocast; a non-finite loss stops."""
+    factor = spec.lr_factor(it)
+    for g in spec.optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    with torch.autocast(device_type=spec.info.device.type, dtype=amp.dtype, enabled=amp.enabled):
+        loss, extra = spec.step(batch, it)
+    if not torch.isfinite(loss):
+        raise BanaError(f"loss is {loss.item()} at iteration {it}; lower the learning rate (cls.lr / seg.lr)")
+    return loss, extra
+
+
+def _log_iteration(spec: LoopSpec, losses: list, it: int, value: float, extra: dict, metrics: MetricsLog | None,
+                   log_line: Callable[[str], None] | None, *, start: int, t0: float) -> None:
+    """One row of the loss log (loss.csv, TensorBoard) and one progress line."""
+    done, iterations = it + 1, spec.iterations
+    row = {"iteration": it, "loss": value, "lr": spec.optimizer.param_groups[0]["lr"]}
+    row.update({k: float(v) for k, v in extra.items()})
+    losses.append(row)
+    if metrics is not None:
+        metrics.add(losses)
+    if log_line is not None:
+        per_it = (time.perf_counter() - t0) / (done - start)
+        ips = spec.images_per_iteration / per_it if per_it > 0 else 0.0
+        log_line(f"{spec.label}: iteration {done}/{iterations} loss {value:.4f} lr {row['lr']:.3g} "
+                 f"{ips:.1f} images/s ETA {eta(per_it * (iterations - done))}")
+
+
+def _validate_if_due(spec: LoopSpec, done: int) -> None:
+    if spec.validate is not None and spec.val_every and (done % spec.val_every == 0 or done == spec.iterations):
+        if spec.info.is_main:
+            _validate(spec.model, spec.validate, done)
+        barrier(spec.info)
+
+
+def _stop_if_signalled(spec: LoopSpec, signum: int, done: int, saved: bool, checkpoint: Callable[[], None],
+                       log_line: Callable[[str], None] | None, ckpt: Path) -> None:
+    """After SIGTERM / SIGINT (on any rank): checkpoint unless just written, then :class:`Stopped`."""
+    if signum and done < spec.iterations:
+        if not saved:
+            checkpoint()
+        msg = (f"{spec.label}: stopped by {signal.Signals(signum).name} at iteration {done}/{spec.iterations}; "
+               f"checkpoint {ckpt} written; rerun with --resume to continue")
+        if log_line is not None:
+            log_line(msg)
+        barrier(spec.info)
+        raise Stopped(msg, signum)
+
+
 def train_loop(spec: LoopSpec | None = None, /, **fields: Any) -> LoopResult:
     """Run SGD from the checkpoint (``spec.resume``) or from scratch to ``spec.iterations`` (see
     :class:`LoopSpec`). Only rank 0 writes. Returns the loss log (every ``log_every`` iterations
@@ -119,22 +199,14 @@ def train_loop(spec: LoopSpec | None = None, /, **fields: Any) -> LoopResult:
 
     ``train_loop(LoopSpec(...))``; ``train_loop(model=..., ...)`` builds the spec from the keywords.
     """
-    if spec is None:
-        spec = LoopSpec(**fields)
-    elif fields:
-        raise TypeError(f"train_loop: pass a LoopSpec or keywords, not both ({', '.join(fields)})")
+    spec = _spec_from(spec, fields)
     info, optimizer, iterations = spec.info, spec.optimizer, spec.iterations
     ckpt = spec.out_dir / CHECKPOINT
     check_restart(ckpt, resume=spec.resume, force=spec.force, iterations=iterations, config_meta=spec.config_meta)
     for g in optimizer.param_groups:
         g.setdefault("initial_lr", g["lr"])
-    use_amp = spec.amp and info.device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
-    start, losses = 0, []
-    if spec.resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, spec.model, optimizer, scaler=scaler, device=info.device)
-        start, losses = int(state["iteration"]), list(state["losses"])
+    amp = _amp_for(spec)
+    start, losses = _resume_state(spec, ckpt, amp.scaler)
     spec.model.train()
     progress = spec.progress
     task = progress.add_task("train", total=iterations, completed=start, status="") if progress else None
@@ -146,56 +218,29 @@ def train_loop(spec: LoopSpec | None = None, /, **fields: Any) -> LoopResult:
 
     def checkpoint() -> None:
         if info.is_main:
-            save_checkpoint(ckpt, spec.model, optimizer, iteration=done, losses=losses, scaler=scaler, meta=meta)
+            save_checkpoint(ckpt, spec.model, optimizer, iteration=done, losses=losses, scaler=amp.scaler, meta=meta)
             write_loss_log(spec.out_dir / "loss.csv", losses)
 
     try:
         with StopSignals() as stop:
             for it, batch in zip(range(start, iterations), spec.batches(start)):
-                factor = spec.lr_factor(it)
-                for g in optimizer.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
-                with torch.autocast(device_type=info.device.type, dtype=amp_dtype, enabled=use_amp):
-                    loss, extra = spec.step(batch, it)
-                if not torch.isfinite(loss):
-                    raise BanaError(f"loss is {loss.item()} at iteration {it}; lower the learning rate (cls.lr / seg.lr)")
-                extra = _backward_and_step(spec, loss, extra, scaler)
+                loss, extra = _forward(spec, batch, it, amp)
+                extra = _backward_and_step(spec, loss, extra, amp.scaler)
                 done = it + 1
                 if done == start + 1 and spec.on_start is not None and info.is_main:
                     spec.on_start()
                 value = float(loss.detach())
                 if it % spec.log_every == 0 or done == iterations:
-                    row = {"iteration": it, "loss": value, "lr": optimizer.param_groups[0]["lr"]}
-                    row.update({k: float(v) for k, v in extra.items()})
-                    losses.append(row)
-                    if metrics is not None:
-                        metrics.add(losses)
-                    if log_line is not None:
-                        per_it = (time.perf_counter() - t0) / (done - start)
-                        ips = spec.images_per_iteration / per_it if per_it > 0 else 0.0
-                        log_line(f"{spec.label}: iteration {done}/{iterations} loss {value:.4f} lr {row['lr']:.3g} "
-                                 f"{ips:.1f} images/s ETA {eta(per_it * (iterations - done))}")
+                    _log_iteration(spec, losses, it, value, extra, metrics, log_line, start=start, t0=t0)
                 if task is not None:
                     progress.update(task, advance=1, status=f"loss {value:.4f}")
-                saved = False
-                if done % spec.checkpoint_every == 0 or done == iterations:
+                saved = done % spec.checkpoint_every == 0 or done == iterations
+                if saved:
                     checkpoint()
-                    saved = True
                     barrier(info)
-                if spec.validate is not None and spec.val_every and (done % spec.val_every == 0 or done == iterations):
-                    if info.is_main:
-                        _validate(spec.model, spec.validate, done)
-                    barrier(info)
+                _validate_if_due(spec, done)
                 signum = max_over_ranks(stop.signum, info)  # all ranks stop at the same iteration
-                if signum and done < iterations:
-                    if not saved:
-                        checkpoint()
-                    msg = (f"{spec.label}: stopped by {signal.Signals(signum).name} at iteration {done}/{iterations}; "
-                           f"checkpoint {ckpt} written; rerun with --resume to continue")
-                    if log_line is not None:
-                        log_line(msg)
-                    barrier(info)
-                    raise Stopped(msg, signum)
+                _stop_if_signalled(spec, signum, done, saved, checkpoint, log_line, ckpt)
     finally:
         if metrics is not None:
             metrics.close()

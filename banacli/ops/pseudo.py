@@ -23,7 +23,7 @@ their pixels (both conventions, and their arithmetic) are defined in :mod:`banac
 foreground extents — CAM support and per-box maximum (step 5), the post-CRF class mask (step
 8) and the retrieval class mask (step 9) — are their ``[ymin:ymax, xmin:xmax]`` slices of the
 1-based VOC values after a float32 normalise/denormalise round trip truncated by ``.long()``
-(:func:`authors_extents`), and where boxes of one class overlap the later box's normalised CAM
+(:func:`banacli.boxes.authors_extents`), and where boxes of one class overlap the later box's normalised CAM
 wins. The background mask, the background queries and "background outside the boxes" keep the
 full (VOC) boxes in both conventions.
 
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from banacli.boxes import BOX_CONVENTIONS, authors_extents, box_extents, check_box_labels, foreground_extents, union_mask
+from banacli.boxes import BOX_CONVENTIONS, box_extents, check_box_labels, foreground_extents, union_mask
 from banacli.errors import ConfigError, DataError
 from banacli.ops.crf import CRFParams, dense_crf
 
@@ -58,11 +58,6 @@ __all__ = [
     "PseudoLabels",
     "Unaries",
     "FeatureField",
-    "box_extents",
-    "authors_extents",
-    "foreground_extents",
-    "BOX_CONVENTIONS",
-    "check_box_labels",
     "background_attention",
     "compute_unaries",
     "refine_with_crf",
@@ -595,6 +590,28 @@ def retrieve_labels(
 # --------------------------------------------------------------------------- pipeline
 
 
+def _checked_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DataError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    return image
+
+
+def _class_agnostic_prototypes(unaries: Unaries, inside: np.ndarray) -> dict[int, np.ndarray]:
+    """Step 9's prototypes without classifier weights: background from u0 inside the boxes,
+    class c from ``unaries.cams[c]`` (in this mode 1 − u0 on c's boxes)."""
+    fallback = {0: unaries.u0 * inside}
+    fallback.update({c: unaries.cams[c] for c in unaries.cams})
+    return fallback
+
+
+def _void(labels: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+    """A copy of ``labels`` with 255 on the ``ignored`` pixels."""
+    labels = labels.copy()
+    labels[ignored] = 255
+    return labels
+
+
 def generate_pseudo_labels(
     image: np.ndarray,
     feats: torch.Tensor | np.ndarray,
@@ -617,9 +634,7 @@ def generate_pseudo_labels(
     every box). None (the default) changes nothing.
     An image without boxes is all background.
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise DataError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    image = _checked_image(image)
     height, width = image.shape[:2]
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     lab = check_box_labels(labels, len(boxes))
@@ -637,36 +652,19 @@ def generate_pseudo_labels(
         threshold=params.bg_threshold,
     )
     unaries = compute_unaries(  # steps 4–6
-        field_,
-        weight,
-        bx,
-        lab,
-        attention,
-        use_u0=params.use_u0,
-        class_agnostic=params.class_agnostic,
-        box_convention=conv,
+        field_, weight, bx, lab, attention,
+        use_u0=params.use_u0, class_agnostic=params.class_agnostic, box_convention=conv,
     )
     ycrf, marginals = refine_with_crf(image, unaries.probs, bx, lab, unaries.classes, params.crf,  # 7–8
                                       box_convention=conv)
-
-    fallback = None
-    if params.class_agnostic:
-        fallback = {0: unaries.u0 * inside}
-        fallback.update({c: unaries.cams[c] for c in unaries.cams})  # 1 − u0 on c's boxes
     yret, corr = retrieve_labels(  # step 9
-        field_,
-        ycrf,
-        bx,
-        lab,
-        unaries.classes,
+        field_, ycrf, bx, lab, unaries.classes,
         None if params.class_agnostic else weight,
-        fallback=fallback,
+        fallback=_class_agnostic_prototypes(unaries, inside) if params.class_agnostic else None,
         box_convention=conv,
     )
     if ign is not None:
-        ycrf, yret = ycrf.copy(), yret.copy()
-        ycrf[ign] = 255
-        yret[ign] = 255
+        ycrf, yret = _void(ycrf, ign), _void(yret, ign)
     return PseudoLabels(
         ycrf=ycrf,
         yret=yret,

@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from banacli.boxes import definite_background, definite_background_tensor
 from banacli.data.palette import load_label_png
-from banacli.data.transforms import (
-    JointAugment,
-    collate_boxes,
-    definite_background_tensor,
-    sample_to_tensors,
-    to_tensor_sample,
-)
-from banacli.data.voc import VOCDataset, definite_background
+from banacli.data.transforms import JointAugment, collate_boxes, sample_to_tensors, to_tensor_sample
+from banacli.data.voc import VOCDataset
 
 
 @pytest.fixture(scope="module")

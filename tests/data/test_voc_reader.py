@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from banacli.boxes import definite_background
 from banacli.data.palette import load_label_png, save_label_png
 from banacli.data.synthetic import SYNTH_CLASSES
-from banacli.data.voc import (
-    VOC_CLASSES,
-    VOCDataset,
-    definite_background,
-    load_sample,
-    read_split,
-    resolve_classes,
-)
+from banacli.data.voc import VOC_CLASSES, VOCDataset, load_sample, read_split, resolve_classes
 from banacli.errors import DataError
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from banacli.boxes import authors_extents
 from banacli.errors import ConfigError
 from banacli.ops.pseudo import (
     FeatureField,
     PseudoLabelParams,
-    authors_extents,
     compute_unaries,
     generate_pseudo_labels,
 )

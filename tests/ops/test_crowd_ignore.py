@@ -57,7 +57,7 @@ def test_ignore_never_voids_box_pixels():
 
 def test_train_cls_background_leaves_out_ignored_pixels():
     from banacli.data.transforms import JointAugment
-    from bana_plugins.train_cls import _ClsTrainSet
+    from bana_plugins.train_cls import ClsTrainSet
 
     ign = np.zeros((32, 32), bool)
     ign[:, 20:] = True
@@ -72,9 +72,9 @@ def test_train_cls_background_leaves_out_ignored_pixels():
             return s
 
     aug = JointAugment(32, scale=(1.0, 1.0), flip=False, jitter=0.0)
-    out = _ClsTrainSet(DS(), aug)[(0, 0)]
+    out = ClsTrainSet(DS(), aug)[(0, 0)]
     assert "ignore" not in out
     bg = out["bg"].numpy()
     assert not bg[:, 20:].any() and not bg[:8, :8].any() and bg[20, 10]
     s.ignore = None
-    assert torch.equal(_ClsTrainSet(DS(), aug)[(0, 0)]["bg"][:, 20:], torch.ones(32, 12, dtype=torch.bool))
+    assert torch.equal(ClsTrainSet(DS(), aug)[(0, 0)]["bg"][:, 20:], torch.ones(32, 12, dtype=torch.bool))

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from banacli.boxes import box_extents
 from banacli.errors import ConfigError, DataError
 from banacli.ops.pseudo import (
     FeatureField,
     PseudoLabelParams,
     background_attention,
-    box_extents,
     compute_unaries,
     attention_is_degenerate,
     attention_kept_share,

@@ -260,7 +260,7 @@ def test_box_convention_authors_from_the_cli(tiny_data, cls_run, tmp_path, app):
     # a class appears only inside the authors' extents of its boxes (first row/column excluded)
     from banacli.data.palette import load_label_png
     from banacli.data.voc import VOCDataset
-    from banacli.ops.pseudo import authors_extents
+    from banacli.boxes import authors_extents
 
     ds = VOCDataset(tiny_data, "train")
     stripped = 0
