@@ -34,6 +34,7 @@ from collections import OrderedDict
 
 import numpy as np
 from banacli.errors import DataError
+from banacli.ops.crf import CRFParams, crf_labels
 
 __all__ = ["Segmenter", "Labeler", "LabelResult", "run_stage"]
 
@@ -41,7 +42,7 @@ __all__ = ["Segmenter", "Labeler", "LabelResult", "run_stage"]
 def _rgb(image: Any) -> np.ndarray:
     """A path, a PIL image or an (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB array."""
     if isinstance(image, (str, os.PathLike)):
-        from banacli.data.voc import read_image
+        from banacli.data.voc import read_image  # loads torch
 
         return read_image(image)
     arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
@@ -61,14 +62,14 @@ class Segmenter:
     @classmethod
     def from_run(cls, run: str | os.PathLike, *, device: str = "cpu", best: bool = False) -> Segmenter:
         """Load RUN/seg/model.safetensors (or RUN/seg/best.safetensors with ``best``)."""
-        from banacli.runs import RunDir
+        from banacli.runs import RunDir  # loads torch
 
         path = RunDir(run).best_model("seg") if best else RunDir(run).model("seg")
         return cls.from_file(path, device=device)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, device: str = "cpu") -> Segmenter:
-        from banacli.runs import load_segmenter
+        from banacli.runs import load_segmenter  # loads torch
 
         model, meta = load_segmenter(Path(path), device=device)
         return cls(model, meta, device)
@@ -83,7 +84,7 @@ class Segmenter:
 
     def probabilities(self, image: Any, *, ms: bool = True, flip: bool = True) -> np.ndarray:
         """(K, H, W) float32 class probabilities."""
-        from banacli.ops.infer import DEFAULT_SCALES, image_probs
+        from banacli.ops.infer import DEFAULT_SCALES, image_probs  # loads torch
 
         arr = self._image(image)
         scales = self.meta.get("config", {}).get("eval", {}).get("scales") or list(DEFAULT_SCALES)
@@ -95,8 +96,6 @@ class Segmenter:
         """(H, W) uint8 mask of class ids (0 background, i -> ``class_names[i]``)."""
         probs = self.probabilities(image, ms=ms, flip=flip)
         if crf:
-            from banacli.ops.crf import CRFParams, crf_labels
-
             params = self.meta.get("config", {}).get("eval", {}).get("crf_params") or [4, 121, 5, 3, 3]
             return crf_labels(self._image(image), probs, CRFParams.from_list(params))
         return probs.argmax(0).astype(np.uint8)
@@ -155,7 +154,7 @@ class Labeler:
                  params: dict[str, Any], *, max_side: int | None, device: Any = "cpu",
                  source: Path | None = None, feature_cache: int = 0) -> None:
 
-        from banacli.labeling.registry import get_labeler
+        from banacli.labeling.registry import get_labeler  # loads torch
 
         self.model, self.weight, self.normalization, self.meta = model, weight, normalization, meta
         self.params = dict(params)
@@ -175,7 +174,7 @@ class Labeler:
         of the run's last gen-labels (RUN/labels/bana.manifest.json) when it has one, else the
         defaults; ``params`` overrides single keys (``{"bg_threshold": 0.9}``)."""
 
-        from banacli.runs import RunDir
+        from banacli.runs import RunDir  # loads torch
 
         run = RunDir(run)
         manifest_path = run.manifest("bana")
@@ -198,7 +197,7 @@ class Labeler:
         given) labeling parameters."""
         import torch
 
-        from banacli.labeling import load_feature_model
+        from banacli.labeling import load_feature_model  # loads torch
 
         params = {**default_label_params(), **(params or {})}
         if max_side == "auto":
@@ -246,19 +245,17 @@ class Labeler:
         RGB array. Raises DataError for an unknown class or a box outside the image."""
         import torch
 
-        from banacli.data.voc import Sample, clip_boxes, resize_label, shrink_sample
-        from banacli.labeling.registry import LabelTask
-        from banacli.labeling import compute_features
-        from banacli.ops.instances import box_instance_masks
-        from banacli.instances.pseudo_masks import mask_iou
+        from banacli.data.voc import Sample, clip_boxes, resize_label, shrink_sample  # loads torch
+        from banacli.labeling.registry import LabelTask  # loads torch
+        from banacli.labeling import compute_features  # loads torch
+        from banacli.ops.instances import box_instance_masks  # loads torch
+        from banacli.instances.pseudo_masks import mask_iou  # loads torch
 
         arr = _rgb(image)
         h, w = arr.shape[:2]
         labels = self.class_ids(list(class_names))
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         if len(b) != len(labels):
-            from banacli.errors import DataError
-
             raise DataError(f"{len(b)} boxes but {len(labels)} class names")
         full_boxes = clip_boxes(b, w, h, "boxes") if len(b) else b
         # as banacli.data.voc.load_sample + shrink_sample make the sample gen-labels labels
@@ -315,14 +312,14 @@ class Labeler:
 
 def default_label_params() -> dict[str, Any]:
     """The ``labels`` parameters gen-labels would use with no config (its manifest's ``params``)."""
-    from banacli.config import root_model
-    from banacli.labeling import label_params
+    from banacli.config import root_model  # loads pydantic, yaml: Segmenter users do not
+    from banacli.labeling import label_params  # loads torch
 
     return label_params(root_model()())
 
 
 def default_max_side() -> int | None:
-    from banacli.config import DataConfig
+    from banacli.config import DataConfig  # loads pydantic, yaml: Segmenter users do not
 
     return DataConfig().max_side
 
@@ -333,8 +330,8 @@ def run_stage(name: str, values: dict[str, Any], *, stages: dict | None = None) 
     section's keys); ``stages`` the discovered stages (discovered again when None). Returns the
     exit code; a failure prints its one error line as the command line does."""
     # the host (typer, rich) is loaded only by a caller that runs stages, not by Segmenter users
-    from banacli.cli import build_stage_model, run_stage as run_parsed
-    from banacli.stage import discover_stages
+    from banacli.cli import build_stage_model, run_stage as run_parsed  # loads typer: Segmenter users do not
+    from banacli.stage import discover_stages  # loads pydantic, yaml: Segmenter users do not
 
     stages = discover_stages() if stages is None else stages
     return run_parsed(stages[name], build_stage_model(stages), values)

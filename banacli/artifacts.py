@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import errno as _errno
 import pickle
 import re
+import warnings
 
 from banacli import __version__
 from banacli.errors import ArtifactError
@@ -153,8 +154,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             obj: Any = load_file(str(path), device="cpu")
         else:
-            import warnings
-
             with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from banacli.data.voc import VOCDataset, annotation_path, find_image, read_annotation_bytes, split_path
 from banacli.artifacts import load_model, read_sidecar
@@ -222,8 +223,8 @@ def load_rebuilt(path: Path, kind: str, names: tuple[str, ...], build, *, device
 
 def load_classifier(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
     """Rebuild the stage-1 classifier from RUN/cls/model.safetensors. Returns (model in eval mode, sidecar)."""
-    from banacli.models.backbones import BACKBONES, build_backbone
-    from banacli.models.classifier import BAPClassifier
+    from banacli.models.backbones import BACKBONES, build_backbone  # loads torch
+    from banacli.models.classifier import BAPClassifier  # loads torch
 
     def build(backbone: str, meta: dict):
         model = BAPClassifier(build_backbone(backbone, weights=None), meta["num_classes"])
@@ -237,7 +238,7 @@ def load_classifier(path: Path, *, device: str | torch.device = "cpu", class_nam
 def load_segmenter(path: Path, *, device: str | torch.device = "cpu", class_names: list[str] | None = None):
     """Rebuild a trained segmenter from RUN/seg/model.safetensors and its sidecar (``arch``
     ``segnet/NAME``, ``tau``, class names, normalisation). Returns (model in eval mode, sidecar)."""
-    from banacli.models.deeplab import SEG_MODELS, build_segmenter
+    from banacli.models.deeplab import SEG_MODELS, build_segmenter  # loads torch
 
     def build(name: str, meta: dict):
         model = build_segmenter(name, meta["num_classes"], weights=None, tau=float(meta.get("tau", 20.0)))
@@ -252,8 +253,6 @@ def check_crop_size(ctx, ds: VOCDataset, crop_size: int, *, key: str, sample: in
     """Warn when the random crop is larger than the images (read from the headers of up to
     ``sample`` images): such crops are mostly padding and cost (crop / side)^2 more per
     iteration. Returns the largest image side seen (None when no image could be read)."""
-    from PIL import Image
-
     sides = []
     for image_id in ds.ids[:sample]:
         try:

@@ -119,7 +119,7 @@ class StageContext:
         return self.run_dir / self.stage.section
 
     def torch_device(self):
-        from banacli.engine.dist import resolve_device
+        from banacli.engine.dist import resolve_device  # loads torch
 
         return resolve_device(self.device)
 

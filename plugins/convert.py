@@ -35,7 +35,7 @@ class ConvertConfig(Section):
 
 def resolve_class_names(ctx: StageContext, spec: str | None) -> list[str]:
     """``["background", *classes]`` from --classes, data.classes, --data ROOT, or VOC's 20."""
-    from banacli.data.voc import VOC_CLASSES, resolve_classes
+    from banacli.data.voc import VOC_CLASSES, resolve_classes  # loads torch
 
     if spec:
         path = Path(spec)
@@ -57,11 +57,11 @@ def _read_names(path: Path) -> list[str]:
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.interop.authors_checkpoints import (
+    from banacli.interop.authors_checkpoints import (  # loads torch
         RELEASE, classifier_outputs, map_authors_state, read_checkpoint, target_arch, target_shapes,
     )
-    from banacli.models.normalize import NORMALIZATIONS
-    from banacli.runs import model_path
+    from banacli.models.normalize import NORMALIZATIONS  # loads torch
+    from banacli.runs import model_path  # loads torch
 
     cfg: ConvertConfig = ctx.section
     if cfg.src is None:

@@ -34,11 +34,14 @@ from typing import Any
 import json
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 
+from banacli import __version__
 from banacli.config import EvalConfig
 from banacli.stage import Stage, StageContext
 from banacli.artifacts import atomic_write_json
-from banacli.errors import BanaError, DataError
+from banacli.errors import ArtifactError, BanaError, ConfigError, DataError
 from banacli.ops.crf import CRFParams, crf_labels
 from banacli.ops.metrics import confusion_matrix, scores
 
@@ -50,7 +53,7 @@ LABEL_FOLDERS = {"ycrf": "Ycrf", "yret": "Yret", "grabcut": "GrabCut"}
 
 def read_gt(path: Path, num_classes: int, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A ground-truth mask, checked: values 0..K-1 or 255, and the image's size."""
-    from banacli.data.palette import VOID, load_label_png
+    from banacli.data.palette import VOID, load_label_png  # loads PIL
 
     gt = load_label_png(path)
     if shape is not None and gt.shape != shape:
@@ -63,8 +66,7 @@ def read_gt(path: Path, num_classes: int, shape: tuple[int, int] | None = None) 
 
 def read_prediction(path: Path, num_classes: int, shape: tuple[int, int]) -> np.ndarray:
     """A pseudo-label PNG, checked against the ground truth's size and the class count."""
-    from banacli.data.palette import VOID, load_label_png
-    from banacli.errors import ArtifactError, DataError
+    from banacli.data.palette import VOID, load_label_png  # loads PIL
 
     if not path.is_file():
         raise ArtifactError(f"{path}: pseudo label missing (run bana gen-labels for this split)")
@@ -154,8 +156,8 @@ class _CocoSource:
 
 
 def _coco_source(ctx: StageContext, split: str) -> _CocoSource | None:
-    from banacli.data.coco import data_format
-    from banacli.runs import open_dataset
+    from banacli.data.coco import data_format  # loads torch
+    from banacli.runs import open_dataset  # loads torch
 
     if data_format(ctx.data_root, ctx.config.data) != "coco":
         return None
@@ -177,10 +179,10 @@ class _Skips:
 
 def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
               advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    from banacli.data.voc import find_gt, find_image, read_image
-    from banacli.labeling.workers import lazy_unordered
-    from banacli.ops.infer import image_probs
-    from banacli.runs import load_segmenter, model_path
+    from banacli.data.voc import find_gt, find_image, read_image  # loads torch
+    from banacli.labeling.workers import lazy_unordered  # loads torch
+    from banacli.ops.infer import image_probs  # loads torch
+    from banacli.runs import load_segmenter, model_path  # loads torch
 
     k = len(class_names)
     params = CRFParams.from_list(cfg.crf_params) if cfg.crf else None
@@ -215,7 +217,7 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
             cm += crf_confusion(image, probs.cpu().numpy(), gt, params, k)
             advance()
     else:
-        from joblib import delayed
+        from joblib import delayed  # loads joblib, for the worker pool only
 
         # Lazy: joblib pulls the next image (and runs the network on it) only as CRF workers
         # free up, so at most about 2 x workers probability maps are held at once.
@@ -234,10 +236,9 @@ def _eval_seg(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: l
 
 def _eval_labels(ctx: StageContext, cfg: EvalConfig, ids: list[str], class_names: list[str], skips: _Skips,
                  advance, coco: _CocoSource | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    from banacli.data.voc import find_gt, load_sample
-    from banacli.errors import ArtifactError, BanaError
-    from banacli.ops.labelers import box_labeler
-    from banacli.runs import RunDir
+    from banacli.data.voc import find_gt, load_sample  # loads torch
+    from banacli.ops.labelers import box_labeler  # loads torch
+    from banacli.runs import RunDir  # loads torch
 
     k = len(class_names)
     cm = np.zeros((k, k + 1), dtype=np.int64)
@@ -277,8 +278,6 @@ def metrics_path(stage_dir: Path, cfg: EvalConfig) -> Path:
 
 def print_table(result: dict[str, Any], title: str) -> None:
     """The per-class IoU table and the three summary scores, on standard output."""
-    from rich.console import Console
-    from rich.table import Table
 
     def pct(v: float | None) -> str:
         return "—" if v is None else f"{100 * v:.1f}"
@@ -307,14 +306,11 @@ def instance_source(cfg: EvalConfig) -> str:
 def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
     """``--what instances``: COCO mask AP of pseudo instance masks, a model's, or the boxes'."""
 
-    from rich.console import Console
-    from rich.table import Table
-
-    from banacli import __version__
-    from banacli.errors import ArtifactError, DataError
-    from banacli.instances.coco_ap import METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row
-    from banacli.instances.pseudo_masks import box_results
-    from banacli.runs import RunDir, open_dataset
+    from banacli.instances.coco_ap import (  # loads torch
+        METRICS, coco_eval_segm, ground_truth, load_results, model_results, table_row,
+    )
+    from banacli.instances.pseudo_masks import box_results  # loads torch
+    from banacli.runs import RunDir, open_dataset  # loads torch
 
     t0 = time.perf_counter()
     ds = open_dataset(ctx, cfg.split, with_gt=False)
@@ -367,9 +363,7 @@ def run_instances(ctx: StageContext, cfg: EvalConfig) -> None:
 
 
 def run(ctx: StageContext) -> None:
-    from banacli import __version__
-    from banacli.data.voc import GT_DIRS, find_gt, read_split, resolve_classes
-    from banacli.errors import ConfigError, DataError
+    from banacli.data.voc import GT_DIRS, find_gt, read_split, resolve_classes  # loads torch
 
     cfg: EvalConfig = ctx.section
     if cfg.what == "instances":

@@ -14,11 +14,11 @@ from banacli.errors import BanaError
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.interop.model_export import (
+    from banacli.interop.model_export import (  # loads torch
         FILE_NAMES, PixelSegmenter, example_input, export_metadata, export_onnx, export_safetensors,
         export_torchscript,
     )
-    from banacli.runs import load_segmenter, model_path
+    from banacli.runs import load_segmenter, model_path  # loads torch
 
     cfg: ExportConfig = ctx.section
     if cfg.model == "inst":
@@ -56,8 +56,8 @@ def run(ctx: StageContext) -> None:
 
 def export_instances(ctx: StageContext, cfg: ExportConfig) -> None:
     """``--model inst``: the Mask R-CNN of RUN/inst (banacli.instances.maskrcnn.export_instance_model)."""
-    from banacli.instances.maskrcnn import export_instance_model
-    from banacli.runs import model_path
+    from banacli.instances.maskrcnn import export_instance_model  # loads torch
+    from banacli.runs import model_path  # loads torch
 
     path, info = export_instance_model(model_path(ctx.run_dir, "inst"), ctx.stage_dir, cfg.format, opset=cfg.opset,
                                        input_size=cfg.input_size)

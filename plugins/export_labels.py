@@ -45,8 +45,8 @@ class ExportLabelsConfig(Section):
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.interop.label_export import ExportOptions, export_labels, open_label_set
-    from banacli.runs import RunDir, dataset_digest, open_dataset
+    from banacli.interop.label_export import ExportOptions, export_labels, open_label_set  # loads torch
+    from banacli.runs import RunDir, dataset_digest, open_dataset  # loads torch
 
     cfg: ExportLabelsConfig = ctx.section
     labels = open_label_set(ctx.run_dir, cfg.method, cfg.labels)

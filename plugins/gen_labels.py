@@ -14,13 +14,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from rich.table import Table
+
 from banacli.config import LabelsConfig
 from banacli.stage import Stage, StageContext
 from banacli.artifacts import atomic_write_json
+from banacli.ops.metrics import ConfusionMeter
+
 
 def run(ctx: StageContext) -> None:
-    from banacli.labeling import label_split
-    from banacli.runs import RunDir
+    from banacli.labeling import label_split  # loads torch
+    from banacli.runs import RunDir  # loads torch
 
     done = label_split(ctx)
     try:
@@ -36,7 +41,7 @@ def run(ctx: StageContext) -> None:
                 print_report(ctx, report)
     finally:
         if done.world > 1:
-            from banacli.engine.dist import DistInfo, shutdown_distributed
+            from banacli.engine.dist import DistInfo, shutdown_distributed  # loads torch
 
             shutdown_distributed(DistInfo(rank=done.rank, world=done.world))
 
@@ -51,12 +56,11 @@ def check_attention(ctx: StageContext, ds) -> dict[str, Any] | None:
     A: every box would be labelled background). Warns on a degenerate attention and when u0 comes
     from the attention of a classifier not trained with BAP (the paper's GAP row uses CAMs and
     DenseCRF: labels.use_u0=false). None when u0 is not used (labels.use_u0=false)."""
-    import numpy as np
     import torch
 
-    from banacli.labeling import compute_features, load_feature_model
-    from banacli.ops.pseudo import DEGENERATE_KEPT_SHARE, attention_is_degenerate, image_attention_kept
-    from banacli.runs import RunDir
+    from banacli.labeling import compute_features, load_feature_model  # loads torch
+    from banacli.ops.pseudo import DEGENERATE_KEPT_SHARE, attention_is_degenerate, image_attention_kept  # loads torch
+    from banacli.runs import RunDir  # loads torch
 
     cfg: LabelsConfig = ctx.section
     if not cfg.use_u0:
@@ -97,13 +101,11 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
     """mIoU of each label set and of box-as-mask against the ground truth, the fraction of
     pixels where the first two sets differ (Ycrf != Yret), and per-class filling rates
     (paper Table 1 and Fig. 4b). None when no image of the split has ground truth."""
-    import numpy as np
 
-    from banacli.boxes import box_extents
-    from banacli.data.palette import load_label_png
-    from banacli.data.voc import resize_label
-    from banacli.ops.labelers import box_labeler
-    from banacli.ops.metrics import ConfusionMeter
+    from banacli.boxes import box_extents  # loads torch
+    from banacli.data.palette import load_label_png  # loads PIL
+    from banacli.data.voc import resize_label  # loads torch
+    from banacli.ops.labelers import box_labeler  # loads torch
 
     names = list(out_dirs)
     meters = {n: ConfusionMeter(num_classes, class_names=ds.class_names) for n in [*names, "Box"]}
@@ -143,8 +145,6 @@ def quality_report(ds, out_dirs: dict[str, Path], num_classes: int) -> dict[str,
 
 
 def print_report(ctx: StageContext, report: dict[str, Any]) -> None:
-    from rich.table import Table
-
     ctx.logger.info("quality report: %s", json.dumps(report["miou"]))
     if ctx.quiet:
         return

@@ -46,7 +46,7 @@ class PredictConfig(Section):
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given; folders replaced by their image files in name order. DataError when a
     path does not exist, a folder holds no image, or two inputs share a file name stem."""
-    from banacli.data.voc import IMAGE_SUFFIXES
+    from banacli.data.voc import IMAGE_SUFFIXES  # loads torch
 
     files: list[Path] = []
     for p in inputs:
@@ -94,10 +94,10 @@ def write_prediction(out: Path, image_id: str, image: np.ndarray, mask: np.ndarr
                   full: np.ndarray | None = None) -> None:
     """OUT/ID.png and OUT/ID_overlay.jpg. ``full``: the full-size image when ``image`` was shrunk;
     the mask is then scaled back to it (nearest) and the overlay drawn on it."""
-    from PIL import Image
+    from PIL import Image  # loads PIL
 
-    from banacli.data.palette import overlay, save_label_png
-    from banacli.data.voc import resize_label
+    from banacli.data.palette import overlay, save_label_png  # loads PIL
+    from banacli.data.voc import resize_label  # loads torch
 
     if full is not None:
         image = full
@@ -111,10 +111,10 @@ def write_prediction(out: Path, image_id: str, image: np.ndarray, mask: np.ndarr
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.data.voc import reduced_size, shrink_image
-    from banacli.labeling.workers import lazy_unordered
-    from banacli.ops.infer import image_probs
-    from banacli.runs import load_segmenter, model_path
+    from banacli.data.voc import reduced_size, shrink_image  # loads torch
+    from banacli.labeling.workers import lazy_unordered  # loads torch
+    from banacli.ops.infer import image_probs  # loads torch
+    from banacli.runs import load_segmenter, model_path  # loads torch
 
     cfg: PredictConfig = ctx.section
     ev = ctx.config.eval
@@ -164,7 +164,7 @@ def run(ctx: StageContext) -> None:
                 written += 1
                 prog.advance(task)
         else:
-            from joblib import delayed
+            from joblib import delayed  # loads joblib, for the worker pool only
 
             # the network runs here; CRF and writing run in the workers, pulled lazily
             tasks = (delayed(_refine_and_write)(out, i, im, p.cpu().numpy(), params, with_overlay, full)
@@ -177,7 +177,9 @@ def run(ctx: StageContext) -> None:
 
 def run_instances(ctx: StageContext, files: list[Path], device) -> None:
     """``--model inst``: Mask R-CNN instances per image (see banacli.instances.maskrcnn.write_instance_prediction)."""
-    from banacli.instances.maskrcnn import load_instance_model, predict_instances, write_instance_prediction
+    from banacli.instances.maskrcnn import (  # loads torch
+        load_instance_model, predict_instances, write_instance_prediction,
+    )
 
     cfg: PredictConfig = ctx.section
     model, meta = load_instance_model(ctx.run_dir, device)
@@ -201,7 +203,7 @@ def run_instances(ctx: StageContext, files: list[Path], device) -> None:
 def _read_or_skip(ctx: StageContext, path: Path, skipped: list[str]) -> np.ndarray | None:
     """The image at ``path``; None (its reason appended to ``skipped``) when it cannot be read and
     ``data.on_error=skip``, else the DataError propagates."""
-    from banacli.data.voc import read_image
+    from banacli.data.voc import read_image  # loads torch
 
     try:
         return read_image(path)
@@ -222,8 +224,6 @@ def _report(ctx: StageContext, done: str, skipped: list[str]) -> None:
 def _refine_and_write(out: Path, image_id: str, image: np.ndarray, probs: np.ndarray, params: Any,
                       with_overlay: bool, full: np.ndarray | None = None) -> str:
     """A joblib task: DenseCRF, argmax and both output files for one image."""
-    from banacli.ops.crf import crf_labels
-
     write_prediction(out, image_id, image, crf_labels(image, probs, params), with_overlay, full)
     return image_id
 

@@ -25,6 +25,7 @@ from pydantic import Field
 from banacli.config import Section
 from banacli.stage import Stage, StageContext
 from banacli.errors import ConfigError
+from banacli.api import Labeler
 
 
 class ServeConfig(Section):
@@ -56,9 +57,8 @@ class ServeConfig(Section):
 
 def build_backend(ctx: StageContext):
     """The backend of ``ctx`` (model loaded, images, connections); no socket yet."""
-    from banacli.api import Labeler
-    from banacli.serve.backend import Backend, ModelSlot
-    from banacli.serve.images import Connection, ImageSource
+    from banacli.serve.backend import Backend, ModelSlot  # http clients: only bana serve needs them
+    from banacli.serve.images import Connection, ImageSource  # http clients: only bana serve needs them
 
     cfg: ServeConfig = ctx.section
     labeler = Labeler.from_run(ctx.run_dir, device=str(ctx.torch_device()), feature_cache=cfg.feature_cache)
@@ -66,7 +66,7 @@ def build_backend(ctx: StageContext):
     backend = Backend(slot=ModelSlot(labeler), images=images, label_set=cfg.label_set, output=cfg.output,
                       default_connection=Connection(cfg.ls_url, cfg.ls_token))
     if cfg.train:
-        from banacli.serve.training import Trainer
+        from banacli.serve.training import Trainer  # http clients: only bana serve needs them
 
         backend.trainer = Trainer(run_dir=Path(ctx.run_dir), slot=backend.slot, images=images,
                                   iterations=cfg.train_iterations, extra_sets=list(cfg.train_set), device=ctx.device)
@@ -77,7 +77,7 @@ def run(ctx: StageContext) -> None:
     try:
         import uvicorn
 
-        from banacli.serve.app import create_app
+        from banacli.serve.app import create_app  # loads fastapi
     except ImportError:
         raise ConfigError("bana serve needs FastAPI and uvicorn: pip install 'bana[serve]'") from None
     cfg: ServeConfig = ctx.section

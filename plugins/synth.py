@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from banacli.config import Section
+from banacli.data.synth_coco import generate_coco
 from banacli.stage import Stage, StageContext
 from banacli.errors import ConfigError
 
@@ -28,16 +29,14 @@ class SynthConfig(Section):
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.data.synthetic import generate
+    from banacli.data.synthetic import generate  # loads torch
 
     cfg: SynthConfig = ctx.section
     if cfg.out is None:
         raise ConfigError("bana synth: OUT folder is required")
     with ctx.progress() as prog:
         task = prog.add_task("synth", total=cfg.images + cfg.val, status="")
-        make = generate
-        if cfg.format == "coco":
-            from banacli.data.synth_coco import generate_coco as make
+        make = generate_coco if cfg.format == "coco" else generate
         summary = make(cfg.out, images=cfg.images, size=cfg.size, seed=cfg.seed, val=cfg.val,
                        context=cfg.context,
                        progress=lambda n=1: prog.advance(task, n))

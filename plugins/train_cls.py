@@ -20,8 +20,8 @@ class ClsTrainSet:
         return len(self.ds)
 
     def __getitem__(self, key):
-        from banacli.boxes import definite_background_tensor
-        from banacli.runs import seeded
+        from banacli.boxes import definite_background_tensor  # loads torch
+        from banacli.runs import seeded  # loads torch
 
         index, seed = key
         s = self.ds.load(index)
@@ -37,7 +37,7 @@ class ClsTrainSet:
 def _collate(batch):
     import torch
 
-    from banacli.data.transforms import collate_boxes
+    from banacli.data.transforms import collate_boxes  # loads torch
 
     out = collate_boxes(batch)
     out["bg"] = torch.stack([b["bg"] for b in batch])
@@ -45,8 +45,8 @@ def _collate(batch):
 
 
 def build_classifier(backbone: str, weights, num_classes: int, dropout: float | None = None):
-    from banacli.models.backbones import build_backbone
-    from banacli.models.classifier import BAPClassifier
+    from banacli.models.backbones import build_backbone  # loads torch
+    from banacli.models.classifier import BAPClassifier  # loads torch
 
     return BAPClassifier(build_backbone(backbone, weights=weights, dropout=dropout), num_classes)
 
@@ -54,10 +54,12 @@ def build_classifier(backbone: str, weights, num_classes: int, dropout: float | 
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.data.transforms import JointAugment
-    from banacli.models.normalize import mean_rgb, normalize
-    from banacli.runs import RunDir, check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset
-    from banacli.engine import (
+    from banacli.data.transforms import JointAugment  # loads torch
+    from banacli.models.normalize import mean_rgb, normalize  # loads torch
+    from banacli.runs import (  # loads torch
+        RunDir, check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset,
+    )
+    from banacli.engine import (  # loads torch
         gather_object, init_distributed, log_line_for, per_rank_batch, shutdown_distributed, state_digest, step_lr,
         seeded_batches, train_loop, warmup_factor, wrap_ddp,
     )
@@ -155,9 +157,9 @@ def warn_no_background(ctx, ds, bg_fallback: float) -> list[str]:
 
 def _cls_validator(ctx: StageContext, model, norm, info):
     """validate(done): box accuracy and mAP on data.val_split, logged (rank 0)."""
-    from banacli.runs import open_dataset
-    from banacli.engine import classify_boxes, log_line_for
-    from banacli.engine.evaluate import COVERED
+    from banacli.runs import open_dataset  # loads torch
+    from banacli.engine import classify_boxes, log_line_for  # loads torch
+    from banacli.engine.evaluate import COVERED  # loads torch
 
     cfg: ClsConfig = ctx.section
     val = open_dataset(ctx, ctx.config.data.val_split, with_gt=False)

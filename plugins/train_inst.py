@@ -41,9 +41,8 @@ class InstTrainSet:
     def __getitem__(self, key):
         import torch
 
-        from banacli.data.palette import load_label_png
-        from banacli.errors import DataError
-        from banacli.instances.targets import gt_instance_targets, pseudo_instance_targets
+        from banacli.data.palette import load_label_png  # loads PIL
+        from banacli.instances.targets import gt_instance_targets, pseudo_instance_targets  # loads torch
 
         index, seed = key
         s = self.ds.load(index)
@@ -88,7 +87,7 @@ class InstTrainSet:
 def _fit(label: np.ndarray, file_hw: tuple, hw: tuple) -> np.ndarray:
     """A map stored at the image file's size, brought to the (possibly shrunk) image's size."""
     if label.shape == tuple(file_hw) and tuple(file_hw) != tuple(hw):
-        from banacli.data.voc import resize_label
+        from banacli.data.voc import resize_label  # loads torch
 
         return resize_label(label, hw)
     return label
@@ -115,8 +114,8 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
             if not p.is_file():
                 raise DataError(f"{p}: instance mask not found (inst.targets=gt needs {OBJECT_DIR}/ID.png for every training image)")
         return None, None
-    from banacli.labeling.registry import label_sets
-    from banacli.runs import RunDir
+    from banacli.labeling.registry import label_sets  # loads torch
+    from banacli.runs import RunDir  # loads torch
 
     try:
         crf_name, ret_name = label_sets(cfg.labels)
@@ -131,10 +130,10 @@ def _check_targets(ctx: StageContext, ds, cfg: InstConfig) -> tuple[Path | None,
 def run(ctx: StageContext) -> None:
     import torch
 
-    from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch
-    from banacli.models.normalize import TORCHVISION
-    from banacli.runs import RunDir, config_digest, dataset_digest, open_dataset
-    from banacli.engine import (
+    from banacli.instances.maskrcnn import build_mask_rcnn, inst_arch  # loads torch
+    from banacli.models.normalize import TORCHVISION  # loads torch
+    from banacli.runs import RunDir, config_digest, dataset_digest, open_dataset  # loads torch
+    from banacli.engine import (  # loads torch
         LoopSpec, gather_object, init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, state_digest,
         train_loop, wrap_ddp,
     )

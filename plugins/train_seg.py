@@ -26,9 +26,9 @@ class _SegTrainSet:
     def __getitem__(self, key):
         import torch
 
-        from banacli.data.palette import load_label_png
-        from banacli.data.voc import resize_label
-        from banacli.runs import seeded
+        from banacli.data.palette import load_label_png  # loads PIL
+        from banacli.data.voc import resize_label  # loads torch
+        from banacli.runs import seeded  # loads torch
 
         index, seed = key
         s = self.ds.load(index)
@@ -42,8 +42,6 @@ class _SegTrainSet:
             masks["gt"] = s.gt
         for name, m in masks.items():
             if m.shape != s.image.shape[:2]:
-                from banacli.errors import DataError
-
                 raise DataError(f"{s.id}: {name} label is {m.shape[1]}x{m.shape[0]}, image is "
                                 f"{s.image.shape[1]}x{s.image.shape[0]}")
         with seeded(seed):
@@ -67,9 +65,9 @@ def _collate(batch):
 
 
 def run(ctx: StageContext) -> None:
-    from banacli.engine import init_distributed, per_rank_batch, shutdown_distributed, wrap_ddp
-    from banacli.labeling.registry import label_sets
-    from banacli.runs import RunDir, check_crop_size, open_dataset
+    from banacli.engine import init_distributed, per_rank_batch, shutdown_distributed, wrap_ddp  # loads torch
+    from banacli.labeling.registry import label_sets  # loads torch
+    from banacli.runs import RunDir, check_crop_size, open_dataset  # loads torch
 
     cfg: SegConfig = ctx.section
     info = init_distributed(ctx.device)
@@ -101,7 +99,7 @@ def run(ctx: StageContext) -> None:
 
 def _ground_truth_ids(ctx: StageContext, ds) -> set[str]:
     """The training images of data.gt_split (the semi-supervised setting), each with a mask."""
-    from banacli.data.voc import find_gt, read_split
+    from banacli.data.voc import find_gt, read_split  # loads torch
 
     data = ctx.config.data
     if data.gt_split and getattr(ds, "format", "voc") == "coco":
@@ -120,7 +118,7 @@ def _model_and_optimizer(cfg: SegConfig, num_classes: int, info):
     """The segmenter (seeded with seg.seed) on the device, and its SGD optimizer."""
     import torch
 
-    from banacli.models.deeplab import build_segmenter
+    from banacli.models.deeplab import build_segmenter  # loads torch
 
     torch.manual_seed(cfg.seed)
     model = build_segmenter(cfg.model, num_classes, weights=cfg.weights, tau=cfg.tau).to(info.device)
@@ -130,14 +128,14 @@ def _model_and_optimizer(cfg: SegConfig, num_classes: int, info):
 
 
 def _augment(cfg: SegConfig, model):
-    from banacli.data.transforms import JointAugment
-    from banacli.models.normalize import mean_rgb
+    from banacli.data.transforms import JointAugment  # loads torch
+    from banacli.models.normalize import mean_rgb  # loads torch
 
     return JointAugment(cfg.crop_size, mean_rgb=mean_rgb(model.normalization))
 
 
 def _batches(ctx: StageContext, train_set: _SegTrainSet, info):
-    from banacli.engine import seeded_batches
+    from banacli.engine import seeded_batches  # loads torch
 
     cfg: SegConfig = ctx.section
     return seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -146,9 +144,9 @@ def _batches(ctx: StageContext, train_set: _SegTrainSet, info):
 
 def _loss_step(cfg: SegConfig, net, norm, info, *, with_gt: bool):
     """step(batch, it): the noise-aware loss (seg.loss) of one batch and its parts to log."""
-    from banacli.models.deeplab import upsample_logits
-    from banacli.models.normalize import normalize
-    from banacli.ops.nal import bootstrap_beta, seg_loss
+    from banacli.models.deeplab import upsample_logits  # loads torch
+    from banacli.models.normalize import normalize  # loads torch
+    from banacli.ops.nal import bootstrap_beta, seg_loss  # loads torch
 
     def step(batch, it):
         images = normalize(batch["images"].to(info.device), norm)
@@ -174,8 +172,8 @@ def _announce(ctx: StageContext, ds, labels: str, info, local_batch: int) -> Non
 
 def _train(ctx: StageContext, net, optimizer, batches, step, validate, info):
     """The training loop (banacli.engine.train_loop) with train-seg's schedule, logs and checkpoints."""
-    from banacli.engine import LoopSpec, log_line_for, poly_lr, train_loop
-    from banacli.runs import config_digest
+    from banacli.engine import LoopSpec, log_line_for, poly_lr, train_loop  # loads torch
+    from banacli.runs import config_digest  # loads torch
 
     cfg: SegConfig = ctx.section
     with ctx.progress() as prog:
@@ -194,7 +192,7 @@ def _train(ctx: StageContext, net, optimizer, batches, step, validate, info):
 
 def _save(ctx: StageContext, rundir, ds, model, result, seconds: float, validate, info) -> None:
     """RUN/seg/model.safetensors with its sidecar: inputs (dataset, labels manifest) and metrics."""
-    from banacli.runs import dataset_digest, seg_arch
+    from banacli.runs import dataset_digest, seg_arch  # loads torch
 
     cfg: SegConfig = ctx.section
     final = result.losses[-1]["loss"] if result.losses else float("nan")
@@ -219,9 +217,8 @@ def _seg_validator(ctx: StageContext, model, norm, info, num_classes: int):
     """validate(done): single-scale val mIoU (no flip, no CRF); RUN/seg/best.safetensors keeps
     the best; one warning when, after a quarter of the iterations, the model still predicts
     background everywhere."""
-    from banacli.artifacts import save_model
-    from banacli.runs import RunDir, open_dataset, seg_arch
-    from banacli.engine import log_line_for, segment_miou
+    from banacli.runs import RunDir, open_dataset, seg_arch  # loads torch
+    from banacli.engine import log_line_for, segment_miou  # loads torch
 
     cfg: SegConfig = ctx.section
     data = ctx.config.data

@@ -43,8 +43,8 @@ def voc_instances(root: str | os.PathLike, image_id: str, classes: Sequence[str]
     Instance value k (1..K) of ROOT/SegmentationObject/ID.png is the k-th <object> of the XML
     (VOC's convention); 0 is background and 255 the void border (in no mask).
     """
-    from banacli.data.palette import load_label_png
-    from banacli.data.voc import load_sample
+    from banacli.data.palette import load_label_png  # loads PIL
+    from banacli.data.voc import load_sample  # loads torch
 
     s = load_sample(root, image_id, classes, with_gt=False)
     path = Path(root) / "SegmentationObject" / f"{image_id}.png"
@@ -74,7 +74,7 @@ def voc_to_coco(
     Needs SegmentationObject/ for the masks. ``category_ids[i]`` is the COCO id of class i + 1
     (default 1..L). Returns ``{split: json path}``.
     """
-    from banacli.data.voc import find_image, read_split, resolve_classes
+    from banacli.data.voc import find_image, read_split, resolve_classes  # loads torch
 
     names = resolve_classes(voc_root, classes)
     cat_ids = list(category_ids) if category_ids is not None else list(range(1, len(names) + 1))
@@ -113,7 +113,7 @@ def generate_coco(out: str | os.PathLike, *, images: int, size: int, seed: int, 
                   progress: Any = None, **synth_kwargs: Any) -> dict[str, Any]:
     """``banacli.data.synthetic.generate`` in COCO layout (module docstring). Returns its summary
     plus ``annotations``: the JSON paths."""
-    from banacli.data.synthetic import SYNTH_CLASSES, generate
+    from banacli.data.synthetic import SYNTH_CLASSES, generate  # loads torch
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

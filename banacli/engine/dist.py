@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from banacli.errors import BanaError
 
@@ -81,7 +82,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     if not info.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DDP(model, device_ids=ids, find_unused_parameters=False)

@@ -23,6 +23,7 @@ import json
 from typing import Any
 
 import numpy as np
+import torch
 
 from banacli.data.synth_coco import encode_mask, voc_instances
 from banacli.errors import ArtifactError, DataError
@@ -123,11 +124,10 @@ def load_results(path, *, what: str) -> list[dict]:
 def model_results(ds, run_dir, device) -> tuple[list[dict], dict[str, Any]]:
     """Detections of the instance model of RUN (banacli.instances.maskrcnn, from bana train-inst)."""
     try:
-        from banacli.instances.maskrcnn import load_instance_model, predict_instances
+        from banacli.instances.maskrcnn import load_instance_model, predict_instances  # loads torch
     except ImportError:
         raise ArtifactError(f"{run_dir}: no instance model support in this install "
                             "(banacli.instances.maskrcnn missing; run bana train-inst from a version that has it)") from None
-    import torch
 
     loaded = load_instance_model(run_dir, device, class_names=ds.class_names)
     model, meta = loaded if isinstance(loaded, tuple) else (loaded, {})

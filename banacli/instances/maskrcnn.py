@@ -41,9 +41,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, roi_align
 
 from banacli import __version__
 from banacli.artifacts import atomic_path, atomic_write_bytes, atomic_write_json, load_model, read_state_dict
@@ -53,6 +60,7 @@ from banacli.interop.model_export import (
 )
 from banacli.runs import RunDir, load_rebuilt
 from banacli.data.palette import overlay as blend, save_label_png
+from banacli.models.backbones import download_imagenet_state
 
 INST_BACKBONES = ("resnet50_fpn", "tiny")
 ARCH_KIND = "maskrcnn"
@@ -75,8 +83,6 @@ def inst_arch(backbone: str) -> str:
 
 def _resample(maps: Tensor, boxes: Tensor, index: Tensor, size: int, aligned: bool) -> Tensor:
     """(N, size, size): ``maps[index[i]]`` (float) resampled into box ``i`` by roi_align."""
-    from torchvision.ops import roi_align
-
     rois = torch.cat([index.to(boxes)[:, None], boxes], dim=1)
     return roi_align(maps[:, None].to(boxes), rois, (size, size), spatial_scale=1.0, aligned=aligned)[:, 0]
 
@@ -216,17 +222,12 @@ class TinyBackbone(nn.Module):
 
 
 def _resnet50_fpn(weights: str | None, frozen_bn: bool) -> nn.Module:
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-    from torchvision.ops import FrozenBatchNorm2d
-
     # as torchvision does: from pretrained weights, frozen batch norm and stages 2-4 trained;
     # from random init, ordinary batch norm and everything trained
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None,
                                    norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
                                    trainable_layers=3 if frozen_bn else 5)
     if str(weights) == "imagenet":
-        from banacli.models.backbones import download_imagenet_state
-
         _load_resnet_body(backbone.body, download_imagenet_state("resnet50"), "torchvision ImageNet weights")
     return backbone
 
@@ -280,8 +281,6 @@ def build_mask_rcnn(
     file (a whole Mask R-CNN state dict, or a ResNet-50 one for resnet50_fpn). ``frozen_bn``
     (resnet50_fpn): frozen batch norm; default: when starting from weights.
     """
-    from torchvision.models.detection import MaskRCNN
-
     if backbone not in INST_BACKBONES:
         raise BanaError(f"unknown instance backbone {backbone!r}; choose one of {', '.join(INST_BACKBONES)}")
     if weights is not None and str(weights) in ("", "none", "null"):
@@ -289,11 +288,6 @@ def build_mask_rcnn(
     if weights is not None and str(weights) != "imagenet" and not Path(weights).is_file():
         raise BanaError(f"inst.weights: {weights} does not exist (use 'imagenet', a local .pth/.safetensors file, or null)")
     if backbone == "tiny":
-        from torchvision.models.detection.anchor_utils import AnchorGenerator
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-        from torchvision.ops import MultiScaleRoIAlign
-
         if str(weights) == "imagenet":
             raise BanaError("inst.backbone=tiny has no ImageNet weights: use inst.weights=null (random init)")
         net = TinyBackbone(32)
@@ -493,8 +487,6 @@ def write_instance_prediction(out: Path, image_id: str, image: np.ndarray, found
     """OUT/ID.png: instance map (0 none, k = the k-th instance of ID.json, best score first;
     where masks overlap the better-scoring instance wins), OUT/ID.json: the instances (id, class,
     label, score, box, area), OUT/ID_overlay.jpg: instance colours over the image."""
-    from PIL import Image
-
     found = found[:254]
     inst = np.zeros(image.shape[:2], dtype=np.uint8)
     for k in range(len(found), 0, -1):  # worst first, so better scores end on top

@@ -49,16 +49,16 @@ __all__ = ["KINDS", "RELEASE", "authors_key_map", "normalize_keys", "read_checkp
 
 def target_arch(kind: str, name: str) -> str:
     """Sidecar arch of the converted model: ``bap-classifier/<backbone>`` or ``segnet/<model>``."""
-    from banacli.runs import cls_arch, seg_arch
+    from banacli.runs import cls_arch, seg_arch  # loads PIL
 
     return cls_arch(name) if kind == "cls" else seg_arch(name)
 
 
 def _build(kind: str, name: str, num_classes: int) -> torch.nn.Module:
     """Our network for ``kind`` (cls: backbone vgg16/tiny; seg: model largefov/tiny), random init."""
-    from banacli.models.backbones import build_backbone
-    from banacli.models.classifier import BAPClassifier
-    from banacli.models.deeplab import build_segmenter
+    from banacli.models.backbones import build_backbone  # loads torch
+    from banacli.models.classifier import BAPClassifier  # loads torch
+    from banacli.models.deeplab import build_segmenter  # loads torch
 
     if kind == "cls":
         return BAPClassifier(build_backbone(name, weights=None), num_classes)
@@ -74,7 +74,7 @@ def target_shapes(kind: str, name: str, num_classes: int) -> dict[str, tuple[int
 
 def authors_key_map() -> dict[str, str]:
     """Their key -> our key (after prefix normalisation); identical names for both kinds."""
-    from banacli.models.vgg16 import vgg16_parameter_names
+    from banacli.models.vgg16 import vgg16_parameter_names  # loads torch
 
     table = {f"backbone.{n}": f"backbone.{n}" for n in vgg16_parameter_names()}
     table["classifier.weight"] = "classifier.weight"
@@ -83,7 +83,7 @@ def authors_key_map() -> dict[str, str]:
 
 def normalize_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Strip leading ``module.`` prefixes; put bare VGG-16 names (``conv1_1.weight``) under ``backbone.``."""
-    from banacli.models.vgg16 import vgg16_parameter_names
+    from banacli.models.vgg16 import vgg16_parameter_names  # loads torch
 
     bare = set(vgg16_parameter_names())
     out: dict[str, Tensor] = {}

@@ -58,7 +58,7 @@ from banacli.errors import ArtifactError, ConfigError, DataError
 from banacli.runs import RunDir
 from banacli.artifacts import atomic_path, atomic_write_text
 from banacli.boxes import box_pixel_ranges
-from banacli.data.palette import VOID, load_label_png, save_label_png
+from banacli.data.palette import PALETTE, VOID, load_label_png, save_label_png
 from banacli.data.voc import check_image
 from banacli.interop.labelstudio import brush_result, polygon_results, rectangle_result
 from banacli.interop.masks import coco_rle_area, mask_to_coco_rle, mask_to_polygons, polygons_to_mask
@@ -383,8 +383,6 @@ def _coco_from_voc(ds, labels, cfg, w: _Writer, progress) -> dict:
 def _voc_labelmap(class_names: Sequence[str]) -> str:
     """datumaro's labelmap.txt: every class with its palette colour, and void (255) last under the
     name datumaro's own VOC label map gives it (it reads a colour it does not know as an error)."""
-    from banacli.data.palette import PALETTE, VOID
-
     lines = ["# label:color_rgb:parts:actions"]
     for i, name in [*enumerate(class_names), (VOID, VOID_NAME)]:
         r, g, b = (int(v) for v in PALETTE[i])
@@ -395,8 +393,6 @@ def _voc_labelmap(class_names: Sequence[str]) -> str:
 def voc_object_map(img: ImageLabels) -> np.ndarray:
     """(H, W) uint8 SegmentationObject: k+1 on box k's mask, 255 on void and on class pixels no
     box owns, 0 elsewhere."""
-    from banacli.data.palette import VOID
-
     obj = np.zeros((img.height, img.width), np.uint8)
     obj[img.label_map != 0] = VOID
     for k in range(min(len(img.status), MAX_VOC_INSTANCES)):
@@ -438,8 +434,6 @@ def _export_voc(ds, labels, cfg, w: _Writer, progress) -> None:
 
 def yolo_lines(img: ImageLabels) -> list[str]:
     """One ``class x1 y1 ...`` line per outer contour of each box's mask (class = label - 1)."""
-    from banacli.interop.masks import mask_to_polygons
-
     lines = []
     for k, s in enumerate(img.status):
         if s not in ("mask", "box"):
@@ -451,7 +445,7 @@ def yolo_lines(img: ImageLabels) -> list[str]:
 
 
 def _export_yolo(ds, labels, cfg, w: _Writer, progress) -> None:
-    import yaml
+    import yaml  # only the YOLO export writes data.yaml
 
     targets = [w.out / "labels" / ds.split / f"{sid}.txt" for sid in ds.ids] + [w.out / "data.yaml"]
     if cfg.copy_images:

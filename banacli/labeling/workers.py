@@ -22,6 +22,7 @@ from banacli.data.voc import resize_label
 from banacli.errors import BanaError, ConfigError, DataError
 from banacli.labeling.features import compute_features, load_feature_model
 from banacli.labeling.registry import LabelTask
+from banacli.viz import panel, save_picture
 
 __all__ = [
     "ImageTask", "WorkerSetup", "available_memory", "dask_client", "forget_classifier", "keep_classifier_here",
@@ -127,8 +128,6 @@ def write_outputs(sample, result: dict[str, Any], setup: WorkerSetup, *, viz: bo
     for name in setup.labeler.outputs:
         save_label_png(Path(setup.out_dirs[name]) / f"{sample.id}.png", resize_label(result[name], orig_hw))
     if viz:
-        from banacli.viz import panel, save_picture
-
         pic = panel(sample.image, sample.boxes, sample.labels, maps=result.get("viz"),
                     label_maps={n: result[n] for n in setup.labeler.outputs},
                     gt=getattr(sample, "gt", None), class_names=setup.class_names)

@@ -42,7 +42,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torchvision import models as tvm
 
 from banacli.artifacts import read_state_dict, sha256_file
 from banacli.errors import BanaError
@@ -69,8 +71,6 @@ def list_backbones() -> list[str]:
 
 
 def _imagenet_enum(name: str):
-    from torchvision import models as tvm
-
     return {
         "vgg16": tvm.VGG16_Weights.IMAGENET1K_V1,
         "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V1,
@@ -105,7 +105,6 @@ def resolve_weights(name: str, weights: str | Path | None) -> tuple[str, Any]:
         expected = _ENUM_CLASS[name]
         if cls_name is not None and cls_name != expected:
             raise BanaError(f"weights {text}: {cls_name} are not weights of {name}; use {expected}.<NAME>")
-        from torchvision import models as tvm
 
         enum_cls = getattr(tvm, expected)
         try:
@@ -118,8 +117,6 @@ def resolve_weights(name: str, weights: str | Path | None) -> tuple[str, Any]:
 
 
 def _hub_file(enum) -> Path:
-    import torch
-
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
 
 

@@ -148,7 +148,7 @@ class ImageSource:
     # -- both ------------------------------------------------------------------------------
 
     def _check_pixels(self, path: Path, ref: str) -> None:
-        from PIL import Image
+        from PIL import Image  # loads PIL
 
         try:
             with Image.open(path) as im:
@@ -160,7 +160,7 @@ class ImageSource:
 
     @staticmethod
     def _decode(path: Path, ref: str) -> np.ndarray:
-        from banacli.data.voc import read_image
+        from banacli.data.voc import read_image  # loads torch
 
         try:
             return read_image(path)

@@ -42,6 +42,7 @@ from banacli.serve.images import Connection, ImageSource
 from banacli.serve.labelconfig import parse_label_config
 from banacli.serve.tasks import source_rectangles, task_boxes
 from banacli.artifacts import atomic_write_text
+from banacli.api import Labeler
 
 __all__ = ["Trainer", "export_boxes"]
 
@@ -69,7 +70,7 @@ def export_boxes(tasks: list[dict], label_config: str, class_names: list[str], i
                  conn: Connection, out: Path) -> dict[str, int]:
     """Write the annotated boxes of ``tasks`` as a VOC dataset in ``out`` (train split);
     returns counts (images, boxes, boxes with unknown labels, tasks skipped)."""
-    from PIL import Image
+    from PIL import Image  # loads PIL
 
     cfg = parse_label_config(label_config)
     to_name = next(iter(cfg.images))
@@ -181,8 +182,7 @@ class Trainer:
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise DataError(f"train-cls exited with {proc.returncode}: {tail[0]}")
-            from banacli.api import Labeler
-            from banacli.runs import RunDir
+            from banacli.runs import RunDir  # loads torch
 
             new = Labeler.from_file(RunDir(out).model("cls"), device=str(labeler.device),
                                     params=labeler.params, max_side=labeler.max_side,
