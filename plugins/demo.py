@@ -26,7 +26,9 @@ import platform
 import statistics
 
 from pydantic import Field
+from rich.table import Table
 
+from banacli import __version__
 from banacli.config import Section
 from banacli.stats import paired_comparison
 from banacli.stage import Stage, StageContext, discover_stages
@@ -81,6 +83,7 @@ CLS_SET = ("cls.warmup=50", "cls.scale=[0.75,1.25]")
 STAGE2_SET = {"bap": (), "gap": ("labels.use_u0=false",), "gap-paper": ("labels.use_u0=false",)}
 # DeepLab recipe of the demo (tiny model, random init, CPU-sized); see docs/results.md
 SEG_SET = ["seg.weights=null"]
+SEG_RUNS = {"ycrf": "seg-ycrf", "nal": "seg-nal"}  # run folder of each DeepLab loss
 
 
 def _command_line(name: str, values: dict) -> str:
@@ -99,7 +102,7 @@ def _command_line(name: str, values: dict) -> str:
 
 
 def _cpu_seconds() -> float:
-    import resource
+    import resource  # Unix only: the demo's CPU seconds
 
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
@@ -112,9 +115,9 @@ def _run_task(task: list[tuple], *, quiet: bool, device: str, threads: int | Non
     ``threads`` (set as BANA_NUM_THREADS for the stages) fixes the torch threads of a worker
     process. Returns ``[(label, command, wall s, CPU s)]`` of the stage steps."""
 
-    import torch
+    import torch  # loads torch
 
-    from banacli.api import run_stage
+    from banacli.api import run_stage  # loads numpy and pydensecrf
 
     stages = discover_stages()
     keep, keep_env = torch.get_num_threads(), os.environ.get(ENV)
@@ -170,28 +173,53 @@ def run(ctx: StageContext) -> None:
     if cfg.quick:
         cfg = cfg.model_copy(update={"seeds": QUICK_SEEDS, "seg_seeds": 1, "p0": False})
     user_data = ctx.data_root  # --data ROOT: the comparison on the user's dataset instead of synthetic data
-    if cfg.out is None:
-        raise ConfigError("bana demo: OUT folder is required")
-    if cfg.seg_seeds > cfg.seeds:
-        raise ConfigError(f"bana demo: seg_seeds ({cfg.seg_seeds}) is larger than seeds ({cfg.seeds})")
-    seed_list = [cfg.seed + k for k in range(cfg.seeds)]
+    contexts = _check_and_contexts(cfg, user_data)
     out = Path(cfg.out)
     jobs, threads = _jobs_and_threads(cfg.jobs)
     workers = cfg.workers if jobs == 1 else max(1, cfg.workers // jobs)
     t0 = time.perf_counter()
-    contexts: list[float | None] = [cfg.context] + ([0.0] if cfg.p0 and cfg.context != 0.0 else [])
+    phases, layout = plan_tasks(cfg, out, contexts, user_data, workers)
+    if jobs > 1:
+        ctx.info(f"demo: {len(phases[1][0]) + len(phases[2][0])} training runs, {jobs} at once "
+                 f"({threads} torch thread{'s' if threads > 1 else ''} each)")
+    done: list[list[tuple[str, str, float, float]]] = []
+    for tasks, what in phases:
+        done += _run_tasks(ctx, tasks, jobs, threads, what)
+    commands = [command for task in done for _, command, _, _ in task]
+    results = collect_results(contexts, layout)
+    seconds = time.perf_counter() - t0
+    write_report(out, ctx, results, commands, _timings(done), seconds, cfg, threads, jobs, user_data)
+    print_table(ctx, results)
+    ctx.info(f"demo: finished in {seconds / 60:.1f} min; report in {out / 'report.md'}")
+
+
+def _check_and_contexts(cfg: DemoConfig, user_data: Path | None) -> list[float | None]:
+    """Check the demo's options; the kinds of data it compares on (context P values, or None for --data)."""
+    if cfg.out is None:
+        raise ConfigError("bana demo: OUT folder is required")
+    if cfg.seg_seeds > cfg.seeds:
+        raise ConfigError(f"bana demo: seg_seeds ({cfg.seg_seeds}) is larger than seeds ({cfg.seeds})")
     if user_data is not None:
         if not (Path(user_data) / "ImageSets" / "Segmentation" / "val.txt").is_file():
             raise ConfigError(f"bana demo --data {user_data}: no ImageSets/Segmentation/val.txt (a VOC-layout dataset "
                               "with train and val splits and ground-truth masks is needed)")
-        contexts = [None]
+        return [None]
+    return [cfg.context] + ([0.0] if cfg.p0 and cfg.context != 0.0 else [])
 
-    # tasks: independent chains of steps; phase 1 (classifiers and their labels) before phase 2
-    # (DeepLab on BAP's labels). The report lists every task's commands in this order.
+
+Layout = dict[str, list[tuple[int, Path, bool]]]  # data kind -> [(seed, runs folder, with DeepLab)]
+
+
+def plan_tasks(cfg: DemoConfig, out: Path, contexts: list[float | None], user_data: Path | None,
+               workers: int) -> tuple[list[tuple[list[list[tuple]], str]], Layout]:
+    """The demo's work as independent chains of steps in three phases (datasets; classifiers and
+    their labels; DeepLab on BAP's labels), each phase ``(tasks, what)``, and where each seed's runs
+    go. The report lists every task's commands in this order."""
+    seed_list = [cfg.seed + k for k in range(cfg.seeds)]
     synth_tasks: list[list[tuple]] = []
     label_tasks: list[list[tuple]] = []
     seg_tasks: list[list[tuple]] = []
-    layout: dict[str, list[tuple[int, Path, bool]]] = {}
+    layout: Layout = {}
     for p in contexts:
         pname = _p_name(p)
         layout[pname] = []
@@ -203,44 +231,56 @@ def run(ctx: StageContext) -> None:
             if p is not None and not (data / "ImageSets" / "Segmentation" / "val.txt").is_file():
                 synth_tasks.append([("stage", "synth", "synth", {"out": data, "images": cfg.images, "val": cfg.val,
                                                                  "size": cfg.size, "seed": seed, "context": p})])
-            common = {"data": data, "set_": []}
-            cls_args = {"backbone": "tiny-bn", "iterations": cfg.cls_iterations, "batch_size": cfg.batch_size,
-                        "crop_size": cfg.size, "lr": 0.01, "seed": seed, "resume": True}
             first = k == 0 and p == contexts[0]
-            for pooling in POOLINGS:
-                run_dir = runs / pooling
-                task = [("stage", "train-cls", "train-cls", {**common, "run": run_dir, "pooling": pooling, **cls_args,
-                         "set_": ["cls.weights=null", f"cls.lr_step={int(cfg.cls_iterations * 0.75)}", *CLS_SET,
-                                  f"cls.val_every={cfg.cls_iterations}"]}),
-                        ("stage", "gen-labels", "gen-labels", {**common, "run": run_dir, "workers": workers,
-                                                               "viz": 4 if first and pooling != "gap" else 0,
-                                                               "set_": list(STAGE2_SET[pooling])})]
-                if pooling == "bap":
-                    task += [("link", runs / "bap", runs / "bap-wo-u0", ("cls",)),
-                             ("stage", "gen-labels", "gen-labels", {**common, "run": runs / "bap-wo-u0", "workers": workers,
-                                                                    "set_": ["labels.use_u0=false"]})]
-                label_tasks.append(task)
+            label_tasks += [_label_task(cfg, data, runs, pooling, seed, workers, viz=first and pooling != "gap")
+                            for pooling in POOLINGS]
             if with_seg:
-                for run_dir, loss in ((runs / "seg-ycrf", "ycrf"), (runs / "seg-nal", "nal")):
-                    seg_tasks.append([
-                        ("link", runs / "bap", run_dir, ("cls", "labels")),
-                        ("stage", "train-seg", "train-seg", {**common, "run": run_dir, "model": "tiny", "loss": loss,
-                         "iterations": cfg.seg_iterations, "batch_size": cfg.batch_size, "crop_size": cfg.size,
-                         "lr": 0.01, "seed": seed, "resume": True, "set_": list(SEG_SET)}),
-                        ("stage", "eval", "eval", {**common, "run": run_dir, "split": "val", "workers": workers})])
-    if jobs > 1:
-        ctx.info(f"demo: {len(label_tasks) + len(seg_tasks)} training runs, {jobs} at once "
-                 f"({threads} torch thread{'s' if threads > 1 else ''} each)")
-    done: list[list[tuple[str, str, float, float]]] = []
-    for tasks, what in ((synth_tasks, "datasets"), (label_tasks, "classifiers and pseudo labels"),
-                        (seg_tasks, "DeepLab runs")):
-        done += _run_tasks(ctx, tasks, jobs, threads, what)
-    commands = [command for task in done for _, command, _, _ in task]
+                seg_tasks += [_seg_task(cfg, data, runs, loss, seed, workers) for loss in ("ycrf", "nal")]
+    phases = [(synth_tasks, "datasets"), (label_tasks, "classifiers and pseudo labels"), (seg_tasks, "DeepLab runs")]
+    return phases, layout
+
+
+def _label_task(cfg: DemoConfig, data: Path, runs: Path, pooling: str, seed: int, workers: int,
+                viz: bool) -> list[tuple]:
+    """train-cls with one pooling, then its gen-labels (and, for BAP, the labels without u0 from the same classifier)."""
+    common = {"data": data, "set_": []}
+    run_dir = runs / pooling
+    cls_args = {"backbone": "tiny-bn", "iterations": cfg.cls_iterations, "batch_size": cfg.batch_size,
+                "crop_size": cfg.size, "lr": 0.01, "seed": seed, "resume": True}
+    task = [("stage", "train-cls", "train-cls", {**common, "run": run_dir, "pooling": pooling, **cls_args,
+             "set_": ["cls.weights=null", f"cls.lr_step={int(cfg.cls_iterations * 0.75)}", *CLS_SET,
+                      f"cls.val_every={cfg.cls_iterations}"]}),
+            ("stage", "gen-labels", "gen-labels", {**common, "run": run_dir, "workers": workers,
+                                                   "viz": 4 if viz else 0, "set_": list(STAGE2_SET[pooling])})]
+    if pooling == "bap":
+        task += [("link", runs / "bap", runs / "bap-wo-u0", ("cls",)),
+                 ("stage", "gen-labels", "gen-labels", {**common, "run": runs / "bap-wo-u0", "workers": workers,
+                                                        "set_": ["labels.use_u0=false"]})]
+    return task
+
+
+def _seg_task(cfg: DemoConfig, data: Path, runs: Path, loss: str, seed: int, workers: int) -> list[tuple]:
+    """train-seg with one loss on BAP's labels (shared by hard links), then eval on val."""
+    common = {"data": data, "set_": []}
+    run_dir = runs / SEG_RUNS[loss]
+    return [("link", runs / "bap", run_dir, ("cls", "labels")),
+            ("stage", "train-seg", "train-seg", {**common, "run": run_dir, "model": "tiny", "loss": loss,
+             "iterations": cfg.seg_iterations, "batch_size": cfg.batch_size, "crop_size": cfg.size,
+             "lr": 0.01, "seed": seed, "resume": True, "set_": list(SEG_SET)}),
+            ("stage", "eval", "eval", {**common, "run": run_dir, "split": "val", "workers": workers})]
+
+
+def _timings(done: list[list[tuple[str, str, float, float]]]) -> dict[str, tuple[float, float]]:
+    """(wall s, CPU s) per step label, summed over all finished tasks."""
     timings: dict[str, tuple[float, float]] = {}
     for label, _, wall, cpu in (step for task in done for step in task):
         w, c = timings.get(label, (0.0, 0.0))
         timings[label] = (w + wall, c + cpu)
+    return timings
 
+
+def collect_results(contexts: list[float | None], layout: Layout) -> dict[str, dict]:
+    """Per kind of data: the per-seed rows (pseudo labels, DeepLab), the classifiers, and their summary."""
     results: dict[str, dict] = {}
     for p in contexts:
         pname = _p_name(p)
@@ -249,14 +289,10 @@ def run(ctx: StageContext) -> None:
             row = pseudo_row(runs)
             results[pname].setdefault("classifiers", {})[str(seed)] = classifier_row(runs)
             if with_seg:
-                row.update(seg_row({"w/ Ycrf (CE)": runs / "seg-ycrf", "w/ NAL": runs / "seg-nal"}))
+                row.update(seg_row({"w/ Ycrf (CE)": runs / SEG_RUNS["ycrf"], "w/ NAL": runs / SEG_RUNS["nal"]}))
             results[pname]["seeds"][str(seed)] = row
-    seconds = time.perf_counter() - t0
-    for r in results.values():
-        r["summary"] = summarise(r["seeds"])
-    write_report(out, ctx, results, commands, timings, seconds, cfg, threads, jobs, user_data)
-    print_table(ctx, results)
-    ctx.info(f"demo: finished in {seconds / 60:.1f} min; report in {out / 'report.md'}")
+        results[pname]["summary"] = summarise(results[pname]["seeds"])
+    return results
 
 
 def _jobs_and_threads(jobs: int) -> tuple[int, int]:
@@ -281,9 +317,9 @@ def _run_tasks(ctx: StageContext, tasks: list[list[tuple]], jobs: int, threads: 
     if jobs == 1 or len(tasks) <= 1:  # one task of a --jobs run keeps that run's thread count
         return [_run_task(t, quiet=ctx.quiet, device=ctx.device, threads=threads if jobs > 1 else None, echo=echo)
                 for t in tasks]
-    from joblib import delayed
+    from joblib import delayed  # loads joblib, for the worker pool only
 
-    from banacli.labeling.workers import lazy_unordered
+    from banacli.labeling.workers import lazy_unordered  # loads torch
 
     out: list = [None] * len(tasks)
     calls = (delayed(_indexed)(k, t, ctx.device, threads) for k, t in enumerate(tasks))
@@ -304,7 +340,7 @@ def _indexed(k: int, task: list[tuple], device: str, threads: int) -> tuple[int,
 
 
 def pseudo_row(runs: Path) -> dict[str, float]:
-    from banacli.runs import RunDir
+    from banacli.runs import RunDir  # loads torch
 
     def report(name: str) -> dict:
         return json.loads(RunDir(runs / name).label_report("bana").read_text())["miou"]
@@ -317,7 +353,7 @@ def pseudo_row(runs: Path) -> dict[str, float]:
 def classifier_row(runs: Path) -> dict[str, dict]:
     """Per pooling: the classifier's box accuracy and mAP on the val boxes (train-cls validation at
     its last iteration; None when it was not run) and the background-attention check of its labels."""
-    from banacli.runs import RunDir
+    from banacli.runs import RunDir  # loads torch
 
     out = {}
     for pooling in POOLINGS:
@@ -431,8 +467,6 @@ def classifiers_markdown(result: dict) -> list[str]:
 
 
 def print_table(ctx: StageContext, results: dict) -> None:
-    from rich.table import Table
-
     if ctx.quiet:
         return
     for pname, result in results.items():
@@ -453,31 +487,33 @@ def print_table(ctx: StageContext, results: dict) -> None:
 
 def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str], timings: dict, seconds: float,
                  cfg, threads: int, jobs: int = 1, user_data: Path | None = None) -> None:
+    """OUT/report.md (how to read it, the tables and verdicts per kind of data, pictures, times,
+    commands) and OUT/report.json (the same numbers)."""
+    lines = [*_report_header(ctx, cfg, seconds, threads, jobs, user_data)]
+    for result in results.values():
+        lines += _report_section(result, user_data)
+    lines += [*_REPORT_NOTES, "", "## Pseudo labels: image + boxes, u0, CAMs, ~S, Ycrf, Yret", "",
+              *_report_pictures(out, cfg, user_data),
+              "## Time per step, summed over seeds and datasets", "",
+              "| step | wall s | CPU s (this process + finished workers) |", "| --- | ---: | ---: |",
+              *[f"| {k} | {w:.0f} | {c:.0f} |" for k, (w, c) in timings.items()], "",
+              "## Commands", "", "```", *commands, "```", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_write_json(out / "report.json", {"results": results, "timings": timings, "seconds": seconds,
+                                            "threads": threads, "jobs": jobs, "commands": commands})
+
+
+def _report_header(ctx: StageContext, cfg, seconds: float, threads: int, jobs: int, user_data: Path | None) -> list[str]:
+    """The report's title, the machine and the run's size, and how to read the verdicts."""
+    import torch  # loads torch, for its version only
+
     seed_list = [cfg.seed + k for k in range(cfg.seeds)]
-
-    import torch
-
-    from banacli import __version__
-    from banacli.runs import RunDir
-
-    pics = out / "pictures"
-    pics.mkdir(parents=True, exist_ok=True)
-    main = _p_name(None if user_data is not None else cfg.context)
-    main_what = f"data {user_data}" if user_data is not None else f"context P = {cfg.context:g}"
-    viz_lines = []
-    for pooling in ("bap", "gap-paper"):
-        viz = sorted(RunDir(out / main / f"seed{seed_list[0]}" / "runs" / pooling).label_viz.glob("*.png"))
-        for q in viz:
-            shutil.copy2(q, pics / f"{pooling}-{q.name}")
-        if viz:
-            viz_lines += [f"### {pooling} ({main_what}, seed {seed_list[0]})", "",
-                          *[f"![{pooling} {q.name}](pictures/{pooling}-{q.name})" for q in viz], ""]
     load = ""
     try:
         load = " (load average {:.2f} {:.2f} {:.2f} at the end)".format(*os.getloadavg())
     except OSError:
         pass
-    lines = [
+    return [
         "# bana demo report", "",
         f"bana {__version__}, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs{load}, "
         f"**{threads} torch thread{'s' if threads > 1 else ''} per run**"
@@ -500,38 +536,56 @@ def write_report(out: Path, ctx: StageContext, results: dict, commands: list[str
         "With another thread count, floating-point sums are taken in another order, so the numbers can change "
         "(training amplifies the last bits); the spread over seeds above is the scale of such changes.", "",
     ]
-    for pname, result in results.items():
-        p = result["context"]
-        if p is None:
-            title = f"## Your data: {user_data}"
-        else:
-            title = (f"## Context P = {p:g} (a share P of the images draw their background from a habitat tied to the "
-                     f"class of one of their objects; docs/synthetic.md)" if p > 0 else
-                     "## P = 0 (backgrounds independent of the classes)")
-        lines += [title, "", *table_markdown(result, PSEUDO_ROWS, "pseudo labels (train)"), ""]
-        seg = table_markdown(result, SEG_ROWS, "DeepLab, tiny (val)")
-        if seg:
-            lines += [*seg, ""]
-        lines += ["What the paper claims, on this data:", "", *claims_markdown(result), ""]
-        cls = classifiers_markdown(result)
-        if cls:
-            lines += ["Box accuracy (%) of each stage-1 classifier on the val boxes (argmax over the object "
-                      "classes; chance 20 % with five classes):", "", *cls, ""]
-    lines += [
-        "GAP-paper is the paper's GAP baseline (no background samples in training); GAP (bana) keeps the background "
-        "grid cells as class-0 samples. Both make their Ycrf as the paper's GAP row does, from CAMs and DenseCRF: "
-        "the background score is the background CAM (labels.use_u0=false), since the attention u0 of Eq. 7 is part "
-        "of BAP (docs/bap-vs-gap.md). \"degenerate attention\": gen-labels found u0 near-constant on most checked "
-        "images (RUN/labels/bana.report.json, 'attention').", "",
-        "## Pseudo labels: image + boxes, u0, CAMs, ~S, Ycrf, Yret", "", *viz_lines,
-        "## Time per step, summed over seeds and datasets", "",
-        "| step | wall s | CPU s (this process + finished workers) |", "| --- | ---: | ---: |",
-        *[f"| {k} | {w:.0f} | {c:.0f} |" for k, (w, c) in timings.items()], "",
-        "## Commands", "", "```", *commands, "```", "",
-    ]
-    atomic_write_text(out / "report.md", "\n".join(lines))
-    atomic_write_json(out / "report.json", {"results": results, "timings": timings, "seconds": seconds,
-                                            "threads": threads, "jobs": jobs, "commands": commands})
+
+
+def _report_section(result: dict, user_data: Path | None) -> list[str]:
+    """One kind of data: pseudo-label and DeepLab tables, the claims' verdicts, the classifiers' box accuracy."""
+    p = result["context"]
+    if p is None:
+        title = f"## Your data: {user_data}"
+    else:
+        title = (f"## Context P = {p:g} (a share P of the images draw their background from a habitat tied to the "
+                 f"class of one of their objects; docs/synthetic.md)" if p > 0 else
+                 "## P = 0 (backgrounds independent of the classes)")
+    lines = [title, "", *table_markdown(result, PSEUDO_ROWS, "pseudo labels (train)"), ""]
+    seg = table_markdown(result, SEG_ROWS, "DeepLab, tiny (val)")
+    if seg:
+        lines += [*seg, ""]
+    lines += ["What the paper claims, on this data:", "", *claims_markdown(result), ""]
+    cls = classifiers_markdown(result)
+    if cls:
+        lines += ["Box accuracy (%) of each stage-1 classifier on the val boxes (argmax over the object "
+                  "classes; chance 20 % with five classes):", "", *cls, ""]
+    return lines
+
+
+_REPORT_NOTES = (
+    "GAP-paper is the paper's GAP baseline (no background samples in training); GAP (bana) keeps the background "
+    "grid cells as class-0 samples. Both make their Ycrf as the paper's GAP row does, from CAMs and DenseCRF: "
+    "the background score is the background CAM (labels.use_u0=false), since the attention u0 of Eq. 7 is part "
+    "of BAP (docs/bap-vs-gap.md). \"degenerate attention\": gen-labels found u0 near-constant on most checked "
+    "images (RUN/labels/bana.report.json, 'attention').",
+)
+
+
+def _report_pictures(out: Path, cfg, user_data: Path | None) -> list[str]:
+    """Copy the first seed's label pictures (BAP, GAP-paper) to OUT/pictures; their markdown lines."""
+    from banacli.runs import RunDir  # loads torch
+
+    seed = cfg.seed
+    pics = out / "pictures"
+    pics.mkdir(parents=True, exist_ok=True)
+    main = _p_name(None if user_data is not None else cfg.context)
+    main_what = f"data {user_data}" if user_data is not None else f"context P = {cfg.context:g}"
+    lines = []
+    for pooling in ("bap", "gap-paper"):
+        viz = sorted(RunDir(out / main / f"seed{seed}" / "runs" / pooling).label_viz.glob("*.png"))
+        for q in viz:
+            shutil.copy2(q, pics / f"{pooling}-{q.name}")
+        if viz:
+            lines += [f"### {pooling} ({main_what}, seed {seed})", "",
+                      *[f"![{pooling} {q.name}](pictures/{pooling}-{q.name})" for q in viz], ""]
+    return lines
 
 
 stage = Stage(

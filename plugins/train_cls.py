@@ -52,17 +52,12 @@ def build_classifier(backbone: str, weights, num_classes: int, dropout: float | 
 
 
 def run(ctx: StageContext) -> None:
-    import torch
+    import torch  # loads torch
 
     from banacli.data.transforms import JointAugment  # loads torch
-    from banacli.models.normalize import mean_rgb, normalize  # loads torch
-    from banacli.runs import (  # loads torch
-        RunDir, check_crop_size, cls_arch, config_digest, dataset_digest, open_dataset,
-    )
-    from banacli.engine import (  # loads torch
-        gather_object, init_distributed, log_line_for, per_rank_batch, shutdown_distributed, state_digest, step_lr,
-        seeded_batches, train_loop, warmup_factor, wrap_ddp,
-    )
+    from banacli.models.normalize import mean_rgb  # loads torch
+    from banacli.runs import check_crop_size, open_dataset  # loads torch
+    from banacli.engine import init_distributed, per_rank_batch, seeded_batches, shutdown_distributed, wrap_ddp  # loads torch
 
     cfg: ClsConfig = ctx.section
     info = init_distributed(ctx.device)
@@ -76,65 +71,86 @@ def run(ctx: StageContext) -> None:
         optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         net = wrap_ddp(model, info)
-        augment = JointAugment(cfg.crop_size, scale=cfg.scale, mean_rgb=mean_rgb(norm))
-        train_set = ClsTrainSet(ds, augment)
+        train_set = ClsTrainSet(ds, JointAugment(cfg.crop_size, scale=cfg.scale, mean_rgb=mean_rgb(norm)))
         local_batch = per_rank_batch(cfg.batch_size, info.world)
-
         batches = seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,
                                  iterations=cfg.iterations, info=info, num_workers=ctx.config.data.loader_workers)
-
-        def step(batch, it):
-            images = normalize(batch["image"].to(info.device), norm)
-            out = net(images, batch["boxes"].to(info.device), batch["labels"].to(info.device),
-                      batch["bg"].to(info.device), grid_size=cfg.grid_size, roi_size=cfg.roi_size,
-                      pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
-            return out["loss"], {}
-
         if info.is_main:
             warn_no_background(ctx, ds, cfg.bg_fallback)
         validate = _cls_validator(ctx, model, norm, info) if cfg.val_every else None
-
         ctx.info(f"train-cls: {len(ds)} images, {len(ds.classes)} classes, backbone {cfg.backbone}, "
                  f"pooling {cfg.pooling}, {cfg.iterations} iterations of batch {cfg.batch_size} "
                  f"({info.world} process{'es' if info.world > 1 else ''} x {local_batch}) on {info.device}")
         t0 = time.perf_counter()
-        digest = config_digest(ctx.config, ("data", "cls"))
-        with ctx.progress() as prog:
-            result = train_loop(
-                model=net, optimizer=optimizer, batches=batches, step=step,
-                lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step) * warmup_factor(it, cfg.warmup),
-                iterations=cfg.iterations,
-                out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every,
-                log_every=cfg.log_every, resume=cfg.resume, amp=cfg.amp,
-                progress=prog if info.is_main else None, config_meta=digest,
-                force=cfg.force, label="train-cls", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
-                on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
-                tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
-            )
+        result = _train(ctx, net, optimizer, batches, _loss_step(cfg, net, norm, info), validate, info)
         seconds = time.perf_counter() - t0
         if validate is not None and validate.last is None and info.is_main:  # resumed at the end: nothing ran
             model.eval()
             with torch.no_grad():
                 validate(result.iteration)
             model.train()
-        weights_digest = state_digest(model)
-        digests = gather_object(weights_digest, info)
-        if info.is_main:
-            final = result.losses[-1]["loss"] if result.losses else float("nan")
-            save_model(
-                RunDir(ctx.run_dir).model("cls"), model.state_dict(),
-                arch=cls_arch(cfg.backbone), class_names=ds.class_names, normalization=norm,
-                config=ctx.config.model_dump(mode="json"),
-                inputs={"dataset": dataset_digest(ds)},
-                metrics={"final_loss": final, "iterations": result.iteration,
-                         "resumed_from": result.resumed_from, "seconds": round(seconds, 2),
-                         **({"val": validate.last} if validate is not None and validate.last else {})},
-                extra={"world_size": info.world, "rank_weight_sha256": digests,
-                       "init_weights": getattr(model.backbone, "init_weights", None)},
-            )
-            ctx.info(f"train-cls: final loss {final:.4f}; wrote {RunDir(ctx.run_dir).model('cls')}")
+        _save(ctx, ds, model, result, seconds, validate, info)
     finally:
         shutdown_distributed(info)
+
+
+def _loss_step(cfg: ClsConfig, net, norm, info):
+    """One training step's loss: the classifier's loss (Eq. 9) with the configured pooling."""
+    from banacli.models.normalize import normalize  # loads torch
+
+    def step(batch, it):
+        images = normalize(batch["image"].to(info.device), norm)
+        out = net(images, batch["boxes"].to(info.device), batch["labels"].to(info.device),
+                  batch["bg"].to(info.device), grid_size=cfg.grid_size, roi_size=cfg.roi_size,
+                  pooling=cfg.pooling, bg_fallback=cfg.bg_fallback)
+        return out["loss"], {}
+
+    return step
+
+
+def _train(ctx: StageContext, net, optimizer, batches, step, validate, info):
+    """The training loop with train-cls's schedule (step decay after a linear warm-up), checkpoints and logs."""
+    from banacli.engine import log_line_for, step_lr, train_loop, warmup_factor  # loads torch
+    from banacli.runs import config_digest  # loads torch
+
+    cfg: ClsConfig = ctx.section
+    with ctx.progress() as prog:
+        return train_loop(
+            model=net, optimizer=optimizer, batches=batches, step=step,
+            lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step) * warmup_factor(it, cfg.warmup),
+            iterations=cfg.iterations,
+            out_dir=ctx.stage_dir, info=info, checkpoint_every=cfg.checkpoint_every,
+            log_every=cfg.log_every, resume=cfg.resume, amp=cfg.amp,
+            progress=prog if info.is_main else None, config_meta=config_digest(ctx.config, ("data", "cls")),
+            force=cfg.force, label="train-cls", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
+            on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
+            tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
+        )
+
+
+def _save(ctx: StageContext, ds, model, result, seconds: float, validate, info) -> None:
+    """RUN/cls/model.safetensors with its sidecar (written by the main process; every rank's weight digest)."""
+    from banacli.engine import gather_object, state_digest  # loads torch
+    from banacli.runs import RunDir, cls_arch, dataset_digest  # loads torch
+
+    cfg: ClsConfig = ctx.section
+    digests = gather_object(state_digest(model), info)
+    if not info.is_main:
+        return
+    final = result.losses[-1]["loss"] if result.losses else float("nan")
+    path = RunDir(ctx.run_dir).model("cls")
+    save_model(
+        path, model.state_dict(),
+        arch=cls_arch(cfg.backbone), class_names=ds.class_names, normalization=model.backbone.normalization,
+        config=ctx.config.model_dump(mode="json"),
+        inputs={"dataset": dataset_digest(ds)},
+        metrics={"final_loss": final, "iterations": result.iteration,
+                 "resumed_from": result.resumed_from, "seconds": round(seconds, 2),
+                 **({"val": validate.last} if validate is not None and validate.last else {})},
+        extra={"world_size": info.world, "rank_weight_sha256": digests,
+               "init_weights": getattr(model.backbone, "init_weights", None)},
+    )
+    ctx.info(f"train-cls: final loss {final:.4f}; wrote {path}")
 
 
 def warn_no_background(ctx, ds, bg_fallback: float) -> list[str]:

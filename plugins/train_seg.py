@@ -13,7 +13,7 @@ from banacli.errors import ConfigError, DataError
 from banacli.outputs import check_labels, read_skipped
 
 
-class _SegTrainSet:
+class SegTrainSet:
     """(index, seed) -> one augmented image with its Ycrf, Yret (and ground truth) crops."""
 
     def __init__(self, ds, augment, crf_dir: Path, ret_dir: Path, gt_ids: set[str]):
@@ -82,7 +82,7 @@ def run(ctx: StageContext) -> None:
             check_crop_size(ctx, ds, cfg.crop_size, key="seg.crop_size")
         model, optimizer = _model_and_optimizer(cfg, len(ds.class_names), info)
         net = wrap_ddp(model, info)
-        train_set = _SegTrainSet(ds, _augment(cfg, model), crf_dir, ret_dir, gt_ids)
+        train_set = SegTrainSet(ds, _augment(cfg, model), crf_dir, ret_dir, gt_ids)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
         batches = _batches(ctx, train_set, info)
         step = _loss_step(cfg, net, model.normalization, info, with_gt=bool(gt_ids))
@@ -134,7 +134,7 @@ def _augment(cfg: SegConfig, model):
     return JointAugment(cfg.crop_size, mean_rgb=mean_rgb(model.normalization))
 
 
-def _batches(ctx: StageContext, train_set: _SegTrainSet, info):
+def _batches(ctx: StageContext, train_set: SegTrainSet, info):
     from banacli.engine import seeded_batches  # loads torch
 
     cfg: SegConfig = ctx.section
