@@ -150,7 +150,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{path}: checkpoint not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # loads torch
 
             obj: Any = load_file(str(path), device="cpu")
         else:
@@ -229,7 +229,7 @@ def save_model(
     ``class_names`` includes the background at index 0. ``inputs`` maps a name (e.g. the
     classifier checkpoint, a label folder) to the sha256 of what the model was built from.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # loads torch
 
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
@@ -305,8 +305,8 @@ def load_model(
         raise ArtifactError(
             f"{path}: class names {meta['class_names']} differ from the dataset's {list(class_names)}"
         )
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError  # with the next line: torch only when a file is read
+    from safetensors.torch import load_file  # loads torch
 
     try:
         tensors = load_file(str(path), device=str(device))
@@ -319,7 +319,7 @@ def load_model(
 def check_sidecar_outputs(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
     """ArtifactError naming the keys when the sidecar's output-affecting values (``OUTPUT_KEYS``)
     differ from those stamped into the weights file. Files written before the stamp pass."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # safetensors only when a file is read
 
     path = Path(path)
     try:

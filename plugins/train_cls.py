@@ -109,13 +109,13 @@ def _loss_step(cfg: ClsConfig, net, norm, info):
 
 
 def _train(ctx: StageContext, net, optimizer, batches, step, validate, info):
-    """The training loop with train-cls's schedule (step decay after a linear warm-up), checkpoints and logs."""
-    from banacli.engine import log_line_for, step_lr, train_loop, warmup_factor  # loads torch
+    """The training loop (banacli.engine.train_loop) with train-cls's schedule (step decay after a linear warm-up), checkpoints and logs."""
+    from banacli.engine import LoopSpec, log_line_for, step_lr, train_loop, warmup_factor  # loads torch
     from banacli.runs import config_digest  # loads torch
 
     cfg: ClsConfig = ctx.section
     with ctx.progress() as prog:
-        return train_loop(
+        return train_loop(LoopSpec(
             model=net, optimizer=optimizer, batches=batches, step=step,
             lr_factor=lambda it: step_lr(1.0, it, cfg.lr_step) * warmup_factor(it, cfg.warmup),
             iterations=cfg.iterations,
@@ -125,7 +125,7 @@ def _train(ctx: StageContext, net, optimizer, batches, step, validate, info):
             force=cfg.force, label="train-cls", log_line=log_line_for(ctx), images_per_iteration=cfg.batch_size,
             on_start=ctx.save_resolved_config, validate=validate, val_every=cfg.val_every,
             tensorboard_dir=ctx.stage_dir / "tb" if cfg.tensorboard else None,
-        )
+        ))
 
 
 def _save(ctx: StageContext, ds, model, result, seconds: float, validate, info) -> None:

@@ -291,7 +291,7 @@ def export_safetensors(
 ) -> dict[str, Any]:
     """Write a safetensors copy whose own metadata holds the class names and normalisation,
     with a model sidecar (``model.json``, format bana-model/1) so bana can load it back."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # loads torch
 
     path = Path(path)
     flat = {"format": SIDECAR_FORMAT, **_flat_metadata(metadata)}
