@@ -3,6 +3,7 @@ classifier, single-scale mIoU of a segmenter, and the AP of one class from ranke
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,16 +46,10 @@ def covered_share(boxes: Any) -> np.ndarray:
     return share.max(axis=1)
 
 
-def classify_boxes(model: nn.Module, ds, norm: dict, device: torch.device, *, grid_size: int, roi_size: int,
-                   pooling: str, bg_fallback: float) -> dict[str, float]:
-    """Box classification on a dataset with the stage-1 classifier (eval mode, whole images):
-    each box's class scores are the mean of its R x R bins' logits. Returns ``accuracy`` (argmax
-    over the object classes equals the box's class), ``map`` (mean over classes with boxes of
-    the AP of the class's softmax score) and ``boxes``; ``accuracy_clear`` / ``accuracy_covered``
-    with ``boxes_clear`` / ``boxes_covered`` split the boxes by :func:`covered_share` below /
-    at least :data:`COVERED` (another object's box over much of the box makes its class
-    ambiguous for a pooled box feature)."""
-    all_scores, all_labels, all_covered = [], [], []
+def box_scores(model: nn.Module, ds, norm: dict, device: torch.device, *, grid_size: int, roi_size: int,
+               pooling: str, bg_fallback: float) -> Iterator[tuple[Any, np.ndarray]]:
+    """Per image of ``ds`` with boxes: ``(sample, (K, C) softmax class scores of its boxes)`` from the
+    stage-1 classifier in eval mode on the whole image, each box's logits the mean of its R x R bins'."""
     r2 = roi_size * roi_size
     for i in range(len(ds)):
         s = ds.load(i)
@@ -68,7 +63,21 @@ def classify_boxes(model: nn.Module, ds, norm: dict, device: torch.device, *, gr
         out = model(normalize(image, norm), bboxes.to(device), torch.as_tensor(s.labels).to(device), bg.to(device),
                     grid_size=grid_size, roi_size=roi_size, pooling=pooling, bg_fallback=bg_fallback)
         logits = out["logits"][: len(boxes) * r2].reshape(len(boxes), r2, -1).mean(dim=1)
-        all_scores.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        yield s, torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def classify_boxes(model: nn.Module, ds, norm: dict, device: torch.device, *, grid_size: int, roi_size: int,
+                   pooling: str, bg_fallback: float) -> dict[str, float]:
+    """Box classification on a dataset with the stage-1 classifier (:func:`box_scores`). Returns
+    ``accuracy`` (argmax over the object classes equals the box's class), ``map`` (mean over
+    classes with boxes of the AP of the class's softmax score) and ``boxes``; ``accuracy_clear`` /
+    ``accuracy_covered`` with ``boxes_clear`` / ``boxes_covered`` split the boxes by
+    :func:`covered_share` below / at least :data:`COVERED` (another object's box over much of the
+    box makes its class ambiguous for a pooled box feature)."""
+    all_scores, all_labels, all_covered = [], [], []
+    for s, scores in box_scores(model, ds, norm, device, grid_size=grid_size, roi_size=roi_size, pooling=pooling,
+                                bg_fallback=bg_fallback):
+        all_scores.append(scores)
         all_labels.append(np.asarray(s.labels))
         all_covered.append(covered_share(s.boxes) >= COVERED)
     if not all_scores:
