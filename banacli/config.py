@@ -83,6 +83,11 @@ class _TrainCommon(Section):
     checkpoint_every: int = Field(1000, gt=0, description="Write a resumable checkpoint every K iterations.")
     resume: bool = Field(False, description="Continue from the last checkpoint in the run directory.")
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    channels_last: bool = Field(False, description="Train with the weights in channels-last (NHWC) memory format: "
+                                "faster convolutions on CPUs (the demo's steps ~25 % faster, docs/performance.md) "
+                                "and on GPUs with AMP. Same model and files; floating-point sums run in another "
+                                "order, so the numbers differ from a run without it in the last bits, then "
+                                "through training.")
     log_every: int = Field(10, gt=0, description="Every K iterations: a row in loss.csv and a progress line (iteration, "
                            "loss, lr, images/s, ETA) in the stage log, and on stderr when it is not a terminal.")
     force: bool = Field(False, description="Start again from iteration 0 although a checkpoint exists (without --resume "

@@ -70,7 +70,7 @@ def run(ctx: StageContext) -> None:
         norm = model.backbone.normalization
         optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        net = wrap_ddp(model, info)
+        net = wrap_ddp(model, info, channels_last=cfg.channels_last)
         train_set = ClsTrainSet(ds, JointAugment(cfg.crop_size, scale=cfg.scale, mean_rgb=mean_rgb(norm)))
         local_batch = per_rank_batch(cfg.batch_size, info.world)
         batches = seeded_batches(train_set, _collate, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -81,7 +81,7 @@ def run(ctx: StageContext) -> None:
         if info.is_main:
             check_crop_size(ctx, ds, cfg.crop_size, key="seg.crop_size")
         model, optimizer = _model_and_optimizer(cfg, len(ds.class_names), info)
-        net = wrap_ddp(model, info)
+        net = wrap_ddp(model, info, channels_last=cfg.channels_last)
         train_set = SegTrainSet(ds, _augment(cfg, model), crf_dir, ret_dir, gt_ids)
         local_batch = per_rank_batch(cfg.batch_size, info.world)
         batches = _batches(ctx, train_set, info)

@@ -79,7 +79,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+def wrap_ddp(model: nn.Module, info: DistInfo, *, channels_last: bool = False) -> nn.Module:
+    """The model as training runs it: with ``channels_last`` its 4-D weights in channels-last
+    (NHWC) memory format, in place (the Parameter objects an optimizer holds stay the same;
+    convolutions then run channels-last whatever the input's layout), and in DDP when distributed."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if not info.enabled:
         return model
 
