@@ -50,7 +50,7 @@ class DemoConfig(Section):
     seg_seeds: int = Field(5, ge=1, description="DeepLab (CE on Ycrf vs NAL) runs on the first this-many seeds, on the context data.")
     cls_iterations: int = Field(800, gt=0, description=(
         "train-cls iterations (each pooling, each seed). 2400 brings every classifier to about 90 % "
-        "val box accuracy or more (89.9-95.5 % over 8 seeds) at about 39 min in all (docs/results.md)."))
+        "val box accuracy or more (89.9-95.5 % over 8 seeds; 32 min measured with --seg-seeds 1, docs/results.md)."))
     seg_iterations: int = Field(2000, gt=0, description="train-seg iterations (each loss, each seed). The tiny DeepLab "
                                 "is still learning at 1000 (val mIoU +11 to +12 points from 1000 to 2000 on seeds 0 and "
                                 "1, docs/results.md).")
