@@ -60,10 +60,15 @@ def dataset_digest(ds: VOCDataset) -> str:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run a block with torch, numpy and random seeded, restoring their states afterwards."""
+    """Run a block with torch's CPU generator, numpy and random seeded, restoring their states
+    afterwards. Only the CPU generator: ``torch.manual_seed`` would also reseed every GPU's
+    generator (which ``fork_rng(devices=[])`` does not restore, so each sample's seed leaked into
+    the training run's CUDA random draws) and costs ~0.26 ms a call on a machine without one,
+    where it formats a stack trace for each lazy device seeding (about 2 ms of a ~60 ms demo
+    train-cls step, 8 samples a step)."""
     np_state, py_state = np.random.get_state(), random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
         try:

@@ -30,3 +30,35 @@ def test_clipping_scales_the_step_to_the_norm_and_logs_the_norm_before(tmp_path)
     # clipped to norm 2: each component 2 / sqrt(4) = 1; SGD with lr 1 moves w by +1
     assert torch.allclose(w, torch.ones(1, 4), atol=1e-5)
     assert abs(rows[0]["grad_norm"] - 400.0) < 1e-3
+
+
+def test_seeded_draws_the_stream_of_torch_manual_seed_and_restores_the_outer_state():
+    """seeded(s) gives the CPU draws torch.manual_seed(s) gives (so the per-sample augmentation
+    is what it was before seeded stopped seeding the GPUs) and leaves the outer streams as they were."""
+    import random
+
+    import numpy as np
+
+    from banacli.runs import seeded
+
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    outer = torch.rand(3)
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    with seeded(123):
+        inner = torch.rand(5), np.random.rand(2), random.random()
+    expected = torch.Generator().manual_seed(123)
+    assert torch.equal(inner[0], torch.rand(5, generator=expected))
+    np.random.seed(123)
+    assert np.array_equal(inner[1], np.random.rand(2))
+    random.seed(123)
+    assert inner[2] == random.random()
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    with seeded(123):
+        torch.rand(5), np.random.rand(2), random.random()
+    assert torch.equal(torch.rand(3), outer)
