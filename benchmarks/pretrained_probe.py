@@ -97,7 +97,7 @@ def box_features(ds: VOCDataset, vgg: VGG16, classifiers: dict[str, torch.nn.Mod
             for name, clf in classifiers.items():
                 x = normalize(torch.from_numpy(s.image).permute(2, 0, 1)[None], clf.backbone.normalization)
                 maps[name] = clf.features(x)[0]
-        for j, box in enumerate(s.boxes):
+        for box in s.boxes:
             for name, fmap in maps.items():
                 feats.setdefault(name, []).append(box_mean(fmap, box, side))
             feats.setdefault("RGB histogram 4x4x4", []).append(colour_histogram(s.image, box))

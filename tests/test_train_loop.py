@@ -41,13 +41,14 @@ def test_seeded_draws_the_stream_of_torch_manual_seed_and_restores_the_outer_sta
 
     from banacli.runs import seeded
 
-    torch.manual_seed(7)
-    np.random.seed(7)
-    random.seed(7)
+    def seed_all(seed):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+    seed_all(7)
     outer = torch.rand(3)
-    torch.manual_seed(7)
-    np.random.seed(7)
-    random.seed(7)
+    seed_all(7)
     with seeded(123):
         inner = torch.rand(5), np.random.rand(2), random.random()
     expected = torch.Generator().manual_seed(123)
@@ -56,9 +57,7 @@ def test_seeded_draws_the_stream_of_torch_manual_seed_and_restores_the_outer_sta
     assert np.array_equal(inner[1], np.random.rand(2))
     random.seed(123)
     assert inner[2] == random.random()
-    torch.manual_seed(7)
-    np.random.seed(7)
-    random.seed(7)
+    seed_all(7)
     with seeded(123):
         torch.rand(5), np.random.rand(2), random.random()
     assert torch.equal(torch.rand(3), outer)
